@@ -73,6 +73,10 @@ class Subjects:
         """A subject a service sends itself through the broker to prove it can see."""
         return f"{self.prefix}.canary.{service}.{instance}"
 
+    def service_status(self, service: str) -> str:
+        """Request-reply subject where a service answers with its current view (JSON)."""
+        return f"{self.prefix}.svc.{check_part(service, 'service')}.status"
+
     def node_of(self, subject: str, kind: str) -> NodeId:
         """The node named by ``PREFIX.KIND.SITE.NODE`` (``kind`` may hold dots, e.g. alert.silent).
 
