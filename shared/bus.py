@@ -8,6 +8,7 @@ arrive there and nowhere else).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -130,13 +131,18 @@ async def connect_once(url: str, *, name: str, timeout: float = 3.0) -> NATS:
         return None
 
     try:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",")],
-            name=name,
-            allow_reconnect=False,
-            connect_timeout=timeout,  # type: ignore[arg-type]
-            max_reconnect_attempts=0,
-            error_cb=quiet,
+        # max_reconnect_attempts=0 would retry forever in nats-py 2.16; 1 means "try each once"
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=[u.strip() for u in url.split(",")],
+                name=name,
+                allow_reconnect=False,
+                connect_timeout=timeout,  # type: ignore[arg-type]
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                error_cb=quiet,
+            ),
+            timeout * 2,
         )
     except Exception as e:
         raise ConnectionError(f"cannot reach NATS at {url}: {type(e).__name__} {e}".strip()) from None

@@ -82,9 +82,12 @@ async def read_desired(kv: KeyValue, node: NodeId, *, timeout: float = 2.0) -> D
     """Read the desired document now (never from a cache)."""
     try:
         entry = await asyncio.wait_for(kv.get(node.key), timeout)
-    except KeyDeletedError:
-        return DesiredRead("deleted", error=f"desired state of {node} was deleted")
-    except KeyNotFoundError:
+    except (KeyDeletedError, KeyNotFoundError) as e:
+        # kv.get turns a delete/purge marker into KeyNotFoundError carrying the marker's op
+        if isinstance(e, KeyDeletedError) or getattr(e, "op", None) is not None:
+            rev = getattr(getattr(e, "entry", None), "revision", None)
+            return DesiredRead("deleted", revision=rev,
+                               error=f"desired state of {node} was deleted")
         return DesiredRead("missing", error=f"no desired state for {node}")
     except (TimeoutError, asyncio.TimeoutError):
         return DesiredRead("read_error", error=f"desired read timed out after {timeout}s")
