@@ -1,0 +1,159 @@
+"""When a probe alert fires and resolves, and when the prober suspects itself. Pure: no I/O, no
+clocks; every call takes ``now`` (wall seconds, for the alert's ``since``/``ts``).
+
+Rules (issue 6): a node pages after ``failure_threshold`` consecutive non-fresh results, at once
+for a lie (``stale``/``future``); it resolves after ``success_threshold`` consecutive fresh
+results with the id it fired with. When at least two targets have results and every one of their
+latest results failed, the trouble is more likely ours (network, DNS, clock): the prober goes
+*blind*, raises one self alert, and pages no node until a target answers fresh again (only a
+fresh answer ends blindness, so a blind alert restored after a restart is not dropped early).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shared.identity import NodeId
+from shared.models import Verdict
+
+LIES: frozenset[str] = frozenset({"stale", "future"})
+
+
+@dataclass
+class OpenAlert:
+    """A firing probe alert: what survives a restart (persisted as a KV document)."""
+
+    id: str
+    since: float
+    verdict: str
+    reason: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"v": 1, "id": self.id, "since": self.since, "verdict": self.verdict,
+                "reason": self.reason}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> OpenAlert:
+        """Rebuild from a KV document; ValueError when it is not one of ours."""
+        ident, since, verdict, reason = (doc.get(k) for k in ("id", "since", "verdict", "reason"))
+        if not isinstance(ident, str) or not ident:
+            raise ValueError("open alert has no id")
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            raise ValueError("open alert has no numeric 'since'")
+        return cls(ident, float(since), str(verdict or "unknown"), str(reason or ""))
+
+
+@dataclass
+class TargetState:
+    """Counters of one target."""
+
+    failing: int = 0
+    fresh: int = 0
+    first_failure: float | None = None
+    last_verdict: str | None = None
+    last_detail: str = ""
+    alert: OpenAlert | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An alert to publish: ``node`` is None for the prober's own (blind) alert."""
+
+    state: Literal["firing", "resolved"]
+    node: NodeId | None
+    alert_id: str
+    since: float
+    verdict: str
+    reason: str
+
+
+def alert_id(node: NodeId, since: float) -> str:
+    """Stable id of one episode: the node and when its failure began (ms)."""
+    return f"probe.{node.key}.{int(since * 1000)}"
+
+
+@dataclass
+class Alerting:
+    """Per-target counters, open alerts and the blind state of one prober."""
+
+    failure_threshold: int = 3
+    success_threshold: int = 2
+    instance: str = "prober"
+    targets: dict[NodeId, TargetState] = field(default_factory=dict)
+    blind_since: float | None = None
+    blind_id: str | None = None
+
+    def add(self, node: NodeId) -> None:
+        """Start tracking a target (no-op when known)."""
+        self.targets.setdefault(node, TargetState())
+
+    def restore(self, node: NodeId, alert: OpenAlert) -> None:
+        """Reload an alert that was open before a restart: it stays open, it does not re-fire."""
+        st = self.targets.setdefault(node, TargetState())
+        st.alert = alert
+        st.failing = max(st.failing, self.failure_threshold)
+        st.first_failure = alert.since
+
+    def remove(self, node: NodeId, *, now: float) -> list[Transition]:
+        """Stop tracking; an open alert resolves as ``removed``."""
+        st = self.targets.pop(node, None)
+        out: list[Transition] = []
+        if st is not None and st.alert is not None:
+            out.append(Transition("resolved", node, st.alert.id, st.alert.since, "removed",
+                                  "removed from the inventory"))
+        out.extend(self._check_blind(now))
+        return out
+
+    @property
+    def blind(self) -> bool:
+        return self.blind_since is not None
+
+    def observe(self, node: NodeId, verdict: Verdict, detail: str, *, now: float
+                ) -> list[Transition]:
+        """Account one probe result; return the alerts to publish (in order)."""
+        st = self.targets.setdefault(node, TargetState())
+        st.last_verdict = verdict
+        st.last_detail = detail
+        out: list[Transition] = []
+        if verdict == "fresh":
+            st.failing = 0
+            st.first_failure = None
+            st.fresh += 1
+            out.extend(self._check_blind(now))
+            if st.alert is not None and st.fresh >= self.success_threshold:
+                a, st.alert = st.alert, None
+                out.append(Transition("resolved", node, a.id, a.since, verdict,
+                                      f"fresh again ({st.fresh} in a row)"))
+            return out
+        st.fresh = 0
+        st.failing += 1
+        if st.first_failure is None:
+            st.first_failure = now
+        out.extend(self._check_blind(now))
+        if st.alert is None and not self.blind and (
+            verdict in LIES or st.failing >= self.failure_threshold
+        ):
+            st.alert = OpenAlert(alert_id(node, st.first_failure), st.first_failure, verdict,
+                                 detail)
+            out.append(Transition("firing", node, st.alert.id, st.first_failure, verdict,
+                                  detail))
+        elif st.alert is not None:
+            st.alert.verdict, st.alert.reason = verdict, detail
+        return out
+
+    def _check_blind(self, now: float) -> list[Transition]:
+        seen = [s for s in self.targets.values() if s.last_verdict is not None]
+        any_fresh = any(s.last_verdict == "fresh" for s in seen)
+        if len(seen) >= 2 and not any_fresh and self.blind_since is None:
+            self.blind_since = now
+            self.blind_id = f"self.prober.{self.instance}.{int(now * 1000)}"
+            kinds = sorted({str(s.last_verdict) for s in seen})
+            return [Transition("firing", None, self.blind_id, now, "blind",
+                               f"all {len(seen)} targets failing at once ({', '.join(kinds)})")]
+        if any_fresh and self.blind_since is not None:
+            since, ident = self.blind_since, self.blind_id or ""
+            self.blind_since = self.blind_id = None
+            return [Transition("resolved", None, ident, since, "fresh",
+                               "a target answers fresh again")]
+        return []

@@ -1,0 +1,82 @@
+"""One HTTP probe: a new connection, a whole-request deadline, no redirects, a capped body.
+
+One ``asyncio.timeout`` wraps everything from name resolution to the last body byte, so a
+server that trickles its headers or body one byte a second cannot stretch a probe past its
+deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+
+from services.prober.verdict import classify_error
+from shared.clock import Clock
+from shared.models import Verdict
+
+_CHUNK = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back over HTTP (status and body), or the transport failure instead."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    truncated: bool
+    latency: float
+    failure: Verdict | None = None
+    failure_detail: str = ""
+
+
+def make_session(*, user_agent: str = "fleetwatch-prober") -> aiohttp.ClientSession:
+    """A session whose every request opens (and then closes) its own connection."""
+    connector = aiohttp.TCPConnector(
+        force_close=True,  # no keep-alive: each probe proves the node still accepts connections
+        limit=0,  # the service bounds concurrency itself
+        ttl_dns_cache=None,
+        use_dns_cache=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        headers={"User-Agent": user_agent, "Accept": "application/json"},
+        auto_decompress=True,
+        skip_auto_headers=("Accept-Encoding",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, *, deadline: float, max_body: int, clock: Clock
+) -> Answer:
+    """GET ``url`` once within ``deadline`` seconds; never raises for network trouble."""
+    start = clock.monotonic()
+    try:
+        async with asyncio.timeout(deadline):
+            async with session.get(url, allow_redirects=False) as resp:
+                body = bytearray()
+                truncated = False
+                while True:
+                    chunk = await resp.content.read(_CHUNK)
+                    if not chunk:
+                        break
+                    body += chunk
+                    if len(body) > max_body:
+                        truncated = True
+                        del body[max_body:]
+                        break
+                headers = {k: resp.headers[k] for k in ("Content-Type", "Location")
+                           if k in resp.headers}
+                status = resp.status
+                if truncated:
+                    resp.close()  # drop the rest of a huge body instead of draining it
+        return Answer(status, headers, bytes(body), truncated, clock.monotonic() - start)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        verdict, detail = classify_error(e)
+        return Answer(None, {}, b"", False, clock.monotonic() - start, verdict, detail)

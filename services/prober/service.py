@@ -1,0 +1,423 @@
+"""The prober's shell: targets from the inventory and flags, one scheduled loop per target,
+results on ``PREFIX.probe.SITE.NODE``, alerts through JetStream, open alerts in KV, and a status
+reply for ``fleetwatch status``.
+
+Probing never waits on NATS: results are core publishes (buffered by the client), and alerts go
+through a queue drained by one publisher task that retries with the same ``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+from prometheus_client import CollectorRegistry
+
+from services.prober.alerting import Alerting, OpenAlert, Transition
+from services.prober.client import Answer, fetch, make_session
+from services.prober.metrics import ProberMetrics
+from services.prober.schedule import next_slot, phase, slots_missed
+from services.prober.settings import ProberSettings
+from services.prober.verdict import Judgement, Rules, judge
+from shared.bootstrap import ensure_fleet, ensure_kv
+from shared.bus import guarded
+from shared.clock import Clock, SystemClock
+from shared.codec import decode_document, encode, encode_document
+from shared.errors import DecodeError, InvalidNodeId
+from shared.identity import NodeId
+from shared.inventory import InventoryEntry, InventoryView
+from shared.models import Alert, ProbeResult
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+SELF_KEY = "self"
+PUBLISH_TIMEOUT = 2.0
+
+
+@dataclass
+class Target:
+    """One URL to probe, what it came from, and the last thing it said."""
+
+    node: NodeId
+    url: str
+    phase: float
+    from_flag: bool = False
+    task: asyncio.Task[None] | None = None
+    last: ProbeResult | None = None
+    last_mono: float | None = None
+
+
+@dataclass
+class _Outbox:
+    """Alerts waiting for JetStream, in order."""
+
+    queue: asyncio.Queue[Transition] = field(default_factory=asyncio.Queue)
+    pending: int = 0
+
+
+class Prober:
+    """One prober instance; ``run(stop)`` until the stop event is set."""
+
+    def __init__(self, *, nc: NATS, settings: ProberSettings, clock: Clock | None = None,
+                 registry: CollectorRegistry | None = None,
+                 metrics: ProberMetrics | None = None) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.registry = registry or CollectorRegistry()
+        self.metrics = metrics or ProberMetrics.create(self.registry)
+        self.subjects = Subjects(settings.prefix)
+        self.rules = Rules(max_age=settings.max_age, future_tolerance=settings.future_tolerance,
+                           ts_fields=tuple(settings.ts_field), max_body=settings.max_body)
+        self.alerting = Alerting(failure_threshold=settings.failure_threshold,
+                                 success_threshold=settings.success_threshold,
+                                 instance=settings.instance)
+        self.targets: dict[NodeId, Target] = {}
+        self.metrics_url: str | None = None
+        self.ready = asyncio.Event()
+        self._outbox = _Outbox()
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._tg: asyncio.TaskGroup | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._js: JetStreamContext | None = None
+        self._state: KeyValue | None = None
+        self._last_fresh: dict[NodeId, float] = {}
+        self._started = self.clock.monotonic()
+        self.metrics.timeout.set(settings.timeout)
+        self.metrics.interval.set(settings.interval)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Set up JetStream pieces, restore open alerts, then probe until ``stop``."""
+        js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self._js = js
+        store = await ensure_fleet(js, self.subjects)
+        self._state, _ = await ensure_kv(js, KeyValueConfig(
+            bucket=self.subjects.state_bucket("prober"), history=1, storage=StorageType.FILE))
+        await self._restore()
+        self._session = make_session()
+        runner = await self._serve_http()
+        sub = await self.nc.subscribe(
+            self.subjects.service_status("prober"),
+            cb=guarded(self._on_status, what="status request", on_error=self._count_error))
+        view = InventoryView(store.nodes, on_change=self._on_inventory,
+                             resync_every=self.settings.resync)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for node, url in self.settings.targets().items():
+                    self._upsert(node, url, from_flag=True)
+                inventory = tg.create_task(view.run(stop))
+                publisher = tg.create_task(self._publisher(stop))
+                tg.create_task(self._close_removed_after_sync(view, stop))
+                self.ready.set()
+                await stop.wait()
+                for t in list(self.targets.values()):
+                    if t.task is not None:
+                        t.task.cancel()
+                inventory.cancel()
+                await self._flush_outbox(deadline=PUBLISH_TIMEOUT * 2)
+                publisher.cancel()
+        finally:
+            self._tg = None
+            await sub.unsubscribe()
+            await runner.cleanup()
+            await self._session.close()
+
+    async def _serve_http(self) -> web.AppRunner:
+        from shared.metrics import bound_port, metrics_app, serve_http
+
+        app = metrics_app(self.registry, self._healthz)
+        runner = await serve_http(app, host=self.settings.metrics_host,
+                                  port=self.settings.metrics_port)
+        host = self.settings.metrics_host
+        shown = f"[{host}]" if ":" in host else host
+        self.metrics_url = f"http://{shown}:{bound_port(runner)}/metrics"
+        log.info("prober %s: metrics at %s", self.settings.instance, self.metrics_url)
+        return runner
+
+    # ---- targets ---------------------------------------------------------------------------
+
+    async def _on_inventory(self, node: NodeId, entry: InventoryEntry | None) -> None:
+        current = self.targets.get(node)
+        if current is not None and current.from_flag:
+            return  # an explicit --target wins over the inventory
+        if entry is None or not entry.health_url:
+            if current is not None:
+                self._remove(node)
+            return
+        self._upsert(node, entry.health_url, from_flag=False)
+
+    def _upsert(self, node: NodeId, url: str, *, from_flag: bool) -> None:
+        t = self.targets.get(node)
+        if t is not None:
+            if t.url != url:
+                log.info("target %s: url now %s", node, url)
+                t.url = url
+            return
+        t = Target(node, url, phase(node, self.settings.interval), from_flag=from_flag)
+        self.targets[node] = t
+        self.alerting.add(node)
+        if self._tg is not None:
+            t.task = self._tg.create_task(self._loop(t))
+        self.metrics.targets.set(len(self.targets))
+        log.info("target %s: probing %s", node, url)
+
+    def _remove(self, node: NodeId) -> None:
+        t = self.targets.pop(node, None)
+        if t is None:
+            return
+        if t.task is not None:
+            t.task.cancel()
+        for series in (self.metrics.success, self.metrics.body_age):
+            try:
+                series.remove(node.site, node.node)
+            except KeyError:
+                pass
+        self.metrics.targets.set(len(self.targets))
+        self._queue(self.alerting.remove(node, now=self.clock.wall()))
+        log.info("target %s: removed", node)
+
+    async def _close_removed_after_sync(self, view: InventoryView, stop: asyncio.Event) -> None:
+        """Alerts restored from KV for nodes that are gone by now resolve as removed."""
+        waiter = asyncio.ensure_future(view.synced.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        if stop.is_set():
+            return
+        for node in [n for n in self.alerting.targets if n not in self.targets]:
+            self._queue(self.alerting.remove(node, now=self.clock.wall()))
+
+    # ---- probing ---------------------------------------------------------------------------
+
+    async def _loop(self, t: Target) -> None:
+        interval = self.settings.interval
+        while True:
+            wall = self.clock.wall()
+            due = next_slot(now=wall, phase=t.phase, interval=interval)
+            await asyncio.sleep(due - wall)
+            async with self._sem:
+                missed = slots_missed(due=due, now=self.clock.wall(), interval=interval)
+                if missed:
+                    self.metrics.skipped.inc(missed)
+                answer = await fetch(self._session_or_fail(), t.url,
+                                     deadline=self.settings.timeout,
+                                     max_body=self.settings.max_body, clock=self.clock)
+            try:
+                await self._record(t, answer)
+            except Exception as e:  # a bad result must never end the target's loop
+                self._count_error(type(e).__name__.lower())
+                log.exception("target %s: recording a probe failed", t.node)
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("prober session not started")
+        return self._session
+
+    def judge(self, answer: Answer, now: float) -> Judgement:
+        """The verdict on one answer (transport failures pass through)."""
+        if answer.failure is not None or answer.status is None:
+            return Judgement(answer.failure or "refused", None, answer.failure_detail)
+        return judge(status=answer.status, headers=answer.headers, body=answer.body,
+                     truncated=answer.truncated, now=now, rules=self.rules)
+
+    async def _record(self, t: Target, answer: Answer) -> None:
+        now = self.clock.wall()
+        j = self.judge(answer, now)
+        status = answer.status if answer.status is not None and 100 <= answer.status <= 999 \
+            else None
+        age = j.age if j.age is not None and math.isfinite(j.age) else None
+        result = ProbeResult(site=t.node.site, node=t.node.node, ts=now, url=t.url[:2048],
+                             verdict=j.verdict, ok=j.ok, status=status, age=age,
+                             latency=max(answer.latency, 0.0), detail=j.detail[:4096])
+        t.last, t.last_mono = result, self.clock.monotonic()
+        m = self.metrics
+        m.verdicts.labels(j.verdict).inc()
+        m.duration.observe(answer.latency)
+        m.success.labels(t.node.site, t.node.node).set(1 if j.ok else 0)
+        m.body_age.labels(t.node.site, t.node.node).set(age if age is not None else math.nan)
+        if j.ok:
+            self._last_fresh[t.node] = now
+        try:
+            await self.nc.publish(self.subjects.probe(t.node), encode(result))
+        except Exception as e:  # disconnected with a full buffer: the alert path still runs
+            self._count_error(f"result_publish_{type(e).__name__.lower()}")
+        if t.node in self.targets:
+            self._queue(self.alerting.observe(t.node, j.verdict, j.detail, now=now))
+            m.blind.set(1 if self.alerting.blind else 0)
+
+    # ---- alerts ----------------------------------------------------------------------------
+
+    def _queue(self, transitions: list[Transition]) -> None:
+        for tr in transitions:
+            self._outbox.pending += 1
+            self._outbox.queue.put_nowait(tr)
+            what = "prober itself" if tr.node is None else str(tr.node)
+            log.warning("alert %s %s: %s (%s)", tr.state, what, tr.verdict, tr.reason)
+
+    def _alert(self, tr: Transition) -> tuple[str, Alert]:
+        now = self.clock.wall()
+        if tr.node is None:
+            subject = self.subjects.alert_self("prober", self.settings.instance)
+            summary = (f"prober {self.settings.instance} is blind: {tr.reason}"
+                       if tr.state == "firing" else
+                       f"prober {self.settings.instance} sees again: {tr.reason}")
+            alert = Alert(id=tr.alert_id, kind="self", state=tr.state, severity="page",
+                          site=None, node=None, ts=now, since=tr.since, last_seen=None,
+                          reason="blind" if tr.state == "firing" else "recovered",
+                          summary=summary, source=f"prober/{self.settings.instance}")
+            return subject, alert
+        node = tr.node
+        url = self.targets[node].url if node in self.targets else "its health URL"
+        summary = (f"{node} probe {tr.verdict}: {tr.reason} ({url})"
+                   if tr.state == "firing" else f"{node} probe resolved: {tr.reason}")
+        alert = Alert(id=tr.alert_id, kind="probe", state=tr.state, severity="page",
+                      site=node.site, node=node.node, ts=now, since=tr.since,
+                      last_seen=self._last_fresh.get(node), reason=tr.verdict,
+                      summary=summary[:4096], source=f"prober/{self.settings.instance}")
+        return self.subjects.alert_probe(node), alert
+
+    async def _publisher(self, stop: asyncio.Event) -> None:
+        """Drain the outbox in order; persist, then publish, retrying until it is stored."""
+        while True:
+            tr = await self._outbox.queue.get()
+            try:
+                await self._deliver(tr, stop)
+            finally:
+                self._outbox.pending -= 1
+                self._outbox.queue.task_done()
+
+    async def _deliver(self, tr: Transition, stop: asyncio.Event) -> None:
+        subject, alert = self._alert(tr)
+        key = SELF_KEY if tr.node is None else tr.node.key
+        headers = {"Nats-Msg-Id": f"{tr.alert_id}:{tr.state}"}
+        payload = encode(alert)
+        attempt = 0
+        while True:
+            try:
+                await self._persist(key, tr)
+                assert self._js is not None
+                await self._js.publish(subject, payload, timeout=PUBLISH_TIMEOUT,
+                                       headers=headers)
+                self.metrics.alerts.labels(alert.kind, alert.state).inc()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                attempt += 1
+                self.metrics.publish_retries.labels(type(e).__name__.lower()).inc()
+                log.warning("alert %s %s not stored yet (%s: %s); retry %d", tr.alert_id,
+                            tr.state, type(e).__name__, e, attempt)
+                await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
+
+    async def _persist(self, key: str, tr: Transition) -> None:
+        assert self._state is not None
+        if tr.state == "firing":
+            doc = OpenAlert(tr.alert_id, tr.since, tr.verdict, tr.reason[:1000]).to_doc()
+            await self._state.put(key, encode_document(doc))
+        else:
+            try:
+                await self._state.delete(key)
+            except KeyNotFoundError:
+                pass
+
+    async def _flush_outbox(self, *, deadline: float) -> None:
+        """On shutdown, give queued alerts a short chance to reach JetStream."""
+        try:
+            async with asyncio.timeout(deadline):
+                await self._outbox.queue.join()
+        except TimeoutError:
+            log.warning("%d alert(s) not stored before shutdown", self._outbox.pending)
+
+    async def _restore(self) -> None:
+        """Reload alerts that were open when the previous run stopped."""
+        assert self._state is not None
+        try:
+            keys = await self._state.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            try:
+                entry = await self._state.get(key)
+                if entry.value is None:
+                    continue
+                alert = OpenAlert.from_doc(decode_document(entry.value, what=f"state {key}"))
+                if key == SELF_KEY:
+                    self.alerting.blind_since, self.alerting.blind_id = alert.since, alert.id
+                else:
+                    self.alerting.restore(NodeId.from_key(key), alert)
+                log.info("restored open alert %s (%s)", alert.id, key)
+            except KeyNotFoundError:
+                continue
+            except (DecodeError, InvalidNodeId, ValueError) as e:
+                self._count_error("bad_state")
+                log.warning("state %s ignored: %s", key, e)
+
+    # ---- status and health -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The status document ``fleetwatch status`` shows."""
+        rows = []
+        for node in sorted(self.targets):
+            t = self.targets[node]
+            st = self.alerting.targets.get(node)
+            r = t.last
+            rows.append({
+                "site": node.site, "node": node.node, "url": t.url,
+                "verdict": r.verdict if r else None, "ok": r.ok if r else None,
+                "age": r.age if r else None, "status": r.status if r else None,
+                "latency": r.latency if r else None, "ts": r.ts if r else None,
+                "alert_id": st.alert.id if st and st.alert else None,
+                "failing": st.failing if st else 0,
+            })
+        return {"service": "prober", "instance": self.settings.instance,
+                "interval": self.settings.interval, "blind": self.alerting.blind,
+                "metrics_url": self.metrics_url, "targets": rows}
+
+    async def _on_status(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(json.dumps(self.status()).encode())
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy when connected and probes keep completing (checked now, not cached)."""
+        mono = self.clock.monotonic()
+        limit = 2 * self.settings.interval + self.settings.timeout + 1.0
+        latest = max((t.last_mono for t in self.targets.values() if t.last_mono is not None),
+                     default=None)
+        if latest is None:
+            progressing = not self.targets or mono - self._started <= limit
+        else:
+            progressing = mono - latest <= limit
+        connected = self.nc.is_connected
+        ok = connected and progressing
+        return ok, {"ok": ok, "ts": self.clock.wall(), "service": "prober",
+                    "instance": self.settings.instance, "connected": connected,
+                    "targets": len(self.targets),
+                    "last_probe_age": None if latest is None else mono - latest,
+                    "blind": self.alerting.blind, "alerts_pending": self._outbox.pending}
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        ok, body = self.health()
+        return web.json_response(body, status=200 if ok else 503)
+
+    def _count_error(self, reason: str) -> None:
+        self.metrics.errors.labels(reason).inc()
+
