@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sysconfig
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import ServerBinaryMissing
@@ -48,6 +49,7 @@ class EmbeddedServer:
         log_file: Path | None = None,
         config_file: Path | None = None,
         binary: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.requested_port = port
@@ -56,6 +58,7 @@ class EmbeddedServer:
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.config_file = config_file
         self.binary = binary or find_binary()
+        self.preexec_fn = preexec_fn
         self.port: int | None = None
         self.monitor: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -86,7 +89,7 @@ class EmbeddedServer:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=self.preexec_fn is None, preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while True:

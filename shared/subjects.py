@@ -77,6 +77,10 @@ class Subjects:
         """Request-reply subject where a service answers with its current view (JSON)."""
         return f"{self.prefix}.svc.{check_part(service, 'service')}.status"
 
+    def service_request(self, service: str, verb: str) -> str:
+        """Request-reply subject for a verb a service answers (e.g. ``up`` restarts an agent)."""
+        return f"{self.prefix}.svc.{check_part(service, 'service')}.{check_part(verb, 'verb')}"
+
     def node_of(self, subject: str, kind: str) -> NodeId:
         """The node named by ``PREFIX.KIND.SITE.NODE`` (``kind`` may hold dots, e.g. alert.silent).
 
