@@ -88,6 +88,10 @@ async def read_desired(kv: KeyValue, node: NodeId, *, timeout: float = 2.0) -> D
             rev = getattr(getattr(e, "entry", None), "revision", None)
             return DesiredRead("deleted", revision=rev,
                                error=f"desired state of {node} was deleted")
+        # kv.get also turns "stream not found" (err 10059) into KeyNotFoundError: a missing
+        # bucket is a failed read, not a missing key.
+        if getattr(e.__context__, "err_code", None) == 10059:
+            return DesiredRead("read_error", error="desired read failed: bucket not found")
         return DesiredRead("missing", error=f"no desired state for {node}")
     except (TimeoutError, asyncio.TimeoutError):
         return DesiredRead("read_error", error=f"desired read timed out after {timeout}s")
