@@ -1,0 +1,29 @@
+"""``fleetwatch deadman`` / ``python -m services.deadman``."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from services.deadman.service import Deadman
+from services.deadman.settings import DeadmanSettings
+from shared.runtime import run, setup_logging, stop_on_signals
+from shared.settings import load_settings
+
+
+async def _serve(settings: DeadmanSettings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    await Deadman(settings).run(stop)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Parse flags, run the deadman until SIGINT/SIGTERM; exit status."""
+    settings = load_settings(DeadmanSettings, argv, prog="fleetwatch deadman")
+    setup_logging(settings.log_level)
+    return run(_serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

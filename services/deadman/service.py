@@ -1,0 +1,442 @@
+"""The deadman's shell: NATS wiring, timers, HTTP, persistence around the pure ``Tracker``.
+
+One ``TaskGroup`` owns the loops: the deadline timer, the alert publisher, state saves, the
+canary, the inventory watch and the HTTP endpoint. The heartbeat callback stays tiny (decode,
+two checks, a dict update) because it runs for every heartbeat of the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import KeyValueConfig, StorageType
+from prometheus_client import CollectorRegistry
+
+from services.deadman.metrics import DeadmanMetrics, StateCollector
+from services.deadman.publisher import AlertPublisher, Outgoing
+from services.deadman.settings import DeadmanSettings
+from services.deadman.store import StateStore
+from services.deadman.tracker import Record, Tracker, Transition
+from shared.bootstrap import ensure_fleet, ensure_kv
+from shared.bus import connect, guarded
+from shared.clock import Clock, SystemClock
+from shared.codec import decode
+from shared.errors import DecodeError
+from shared.identity import NodeId
+from shared.inventory import InventoryEntry, InventoryView
+from shared.metrics import BusMetrics, bound_port, metrics_app, serve_http
+from shared.models import Alert, Heartbeat
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+SERVICE = "deadman"
+MAX_SKEW = 300.0
+"""A heartbeat whose sender clock is further than this from ours is not a sign of life: a
+far-future (or replayed, far-past) ``ts`` must not keep a node green."""
+STATUS_LIMIT = 5000
+URGENT_SAVE = 0.05
+
+
+@dataclass
+class Sight:
+    """What the deadman knows about its own ability to see."""
+
+    connected: bool = True
+    last_ingest: float | None = None  # monotonic time of the last valid heartbeat
+    last_canary: float | None = None  # monotonic time the last canary came back
+    canary_rtt: float | None = None
+
+
+class Deadman:
+    """One deadman instance; ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, settings: DeadmanSettings, *, nc: NATS | None = None,
+                 clock: Clock | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.subjects = Subjects(settings.prefix)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = DeadmanMetrics.create(self.registry)
+        self.bus_metrics = BusMetrics.create(self.registry, SERVICE)
+        self._own_nc = nc is None
+        self.nc = nc
+        self.tracker: Tracker | None = None
+        self.sight = Sight()
+        self.ready = asyncio.Event()
+        self.metrics_url = ""
+        self.started_wall = self.clock.wall()
+        self.publisher: AlertPublisher | None = None
+        self._hb_head = len(self.subjects.prefix) + len(".hb.")
+        self._save_soon = asyncio.Event()
+        self._blind_id: str | None = None
+        self._blind_count = 0
+        self.registry.register(StateCollector(
+            lambda: self.tracker, monotonic=self.clock.monotonic, wall=self.clock.wall,
+            extra=self._extra_gauges))
+
+    # ---- time conversion ----------------------------------------------------------------
+    def to_wall(self, mono: float) -> float:
+        """Monotonic instant -> unix time (for the wire and for people)."""
+        return self.clock.wall() - (self.clock.monotonic() - mono)
+
+    def to_mono(self, wall: float) -> float:
+        """Unix time -> monotonic instant of this process."""
+        return self.clock.monotonic() - (self.clock.wall() - wall)
+
+    def _extra_gauges(self) -> dict[str, float]:
+        now = self.clock.monotonic()
+        out = {"alert_queue": float(len(self.publisher.queue) if self.publisher else 0)}
+        if self.sight.canary_rtt is not None:
+            out["canary_rtt_seconds"] = self.sight.canary_rtt
+        if self.sight.last_ingest is not None:
+            out["last_ingest_age_seconds"] = now - self.sight.last_ingest
+        return out
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, restore, subscribe, judge until ``stop``; then save and drain."""
+        s = self.settings
+        if self.nc is None:
+            self.nc = await connect(s.nats, name=f"deadman-{s.instance}",
+                                    metrics=self.bus_metrics,
+                                    ping_interval=min(10.0, max(1.0, s.window / 2)),
+                                    on_disconnect=self._on_disconnect,
+                                    on_reconnect=self._on_reconnect)
+        nc = self.nc
+        js = nc.jetstream(timeout=5)
+        fleet = await ensure_fleet(js, self.subjects)
+        kv, _ = await ensure_kv(js, KeyValueConfig(
+            bucket=self.subjects.state_bucket(SERVICE), history=1, storage=StorageType.FILE))
+        now = self.clock.monotonic()
+        tracker = Tracker(window=s.window, pending=s.pending, grace=s.grace,
+                          renotify=s.renotify, now=now)
+        store = StateStore(kv, instance=s.instance)
+        loaded = await store.load(tracker, to_mono=self.to_mono)
+        self.tracker = tracker
+        self.sight.last_canary = self.clock.monotonic()
+        self.publisher = AlertPublisher(js, on_published=self._published,
+                                        on_error=self._publish_error)
+        if loaded.saved_at is not None:
+            self._restarted(loaded.saved_at, loaded.nodes)
+
+        subs = [
+            await nc.subscribe(self.subjects.hb_all, cb=guarded(
+                self._on_heartbeat, what="heartbeat", on_error=self._handler_error)),
+            await nc.subscribe(self.subjects.inbox_canary(SERVICE, s.instance), cb=guarded(
+                self._on_canary, what="canary", on_error=self._handler_error)),
+            await nc.subscribe(self.subjects.service_status(SERVICE), cb=guarded(
+                self._on_status, what="status", on_error=self._handler_error)),
+        ]
+        view = InventoryView(fleet.nodes, on_change=self._on_inventory,
+                             resync_every=s.inventory_resync)
+        runner = await serve_http(metrics_app(self.registry, self._healthz),
+                                  host=s.metrics_host, port=s.metrics_port)
+        self.metrics_url = f"http://{s.metrics_host}:{bound_port(runner)}"
+        log.info("deadman %s: metrics on %s/metrics; window %.3gs pending %.3gs grace %.3gs; "
+                 "restored %d nodes", s.instance, self.metrics_url, s.window, s.pending,
+                 s.grace, loaded.nodes)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.publisher.run(stop))
+                tg.create_task(view.run(stop))
+                tg.create_task(self._reconcile_after_sync(view, stop))
+                tg.create_task(self._timer(stop))
+                tg.create_task(self._canary(stop))
+                tg.create_task(self._saver(store, stop))
+                await nc.flush()
+                self.ready.set()
+        finally:
+            for sub in subs:
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
+            try:
+                await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
+            except Exception as e:
+                log.warning("final state save failed: %s: %s", type(e).__name__, e)
+            await runner.cleanup()
+            if self._own_nc:
+                try:
+                    await nc.drain()
+                except Exception:
+                    pass
+
+    # ---- heartbeats ---------------------------------------------------------------------
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        now = self.clock.monotonic()
+        key = msg.subject[self._hb_head:]
+        try:
+            hb = decode(Heartbeat, msg.data)
+        except DecodeError as e:
+            self.metrics.rejected.labels(e.reason).inc()
+            return
+        tracker = self.tracker
+        assert tracker is not None
+        if f"{hb.site}.{hb.node}" != key:
+            self.metrics.rejected.labels("wrong_subject").inc()
+            return
+        skew = hb.ts - self.to_wall(now)
+        if not -MAX_SKEW <= skew <= MAX_SKEW:
+            self.metrics.rejected.labels("future_ts" if skew > 0 else "stale_ts").inc()
+            return
+        rec = tracker.nodes.get(key)
+        if rec is not None and rec.boot == hb.boot and hb.seq <= rec.seq:
+            self.metrics.rejected.labels("replayed").inc()
+            return
+        self.metrics.skew.observe(skew)
+        self.metrics.heartbeats.inc()
+        self.sight.last_ingest = now
+        t = tracker.heartbeat(key, now, hb.boot, hb.seq, rev=hb.rev, pid=hb.pid, host=hb.host)
+        if t is not None:
+            self._emit(t)
+
+    def _handler_error(self, reason: str) -> None:
+        self.metrics.handler_errors.labels(reason).inc()
+
+    # ---- alerts -------------------------------------------------------------------------
+    def _emit(self, t: Transition) -> None:
+        assert self.publisher is not None
+        site, _, node = t.key.partition(".")
+        wall_now = self.clock.wall()
+        last_seen = None if t.last_seen is None else self.to_wall(t.last_seen)
+        who = f"{site}/{node}"
+        if t.state == "resolved":
+            summary = (f"{who} was removed from the inventory" if t.reason == "removed"
+                       else f"{who} is heartbeating again")
+        elif t.kind == "never_seen":
+            summary = f"{who} has never sent a heartbeat"
+        else:
+            summary = f"{who} has been silent for {t.at - (t.last_seen or t.at):.1f}s"
+        alert = Alert(id=t.alert_id, kind=t.kind, state=t.state, severity=t.severity,  # type: ignore[arg-type]
+                      site=site, node=node, ts=wall_now, since=max(0.0, self.to_wall(t.since)),
+                      last_seen=last_seen, reason=t.reason, summary=summary, count=t.count,
+                      source=f"deadman/{self.settings.instance}")
+        self.publisher.submit(self.subjects.alert_silent(NodeId(site, node)), alert)
+        self.metrics.alerts.labels(t.kind, t.state).inc()
+        self._save_soon.set()
+        log.info("alert %s %s %s (%s)", t.kind, t.state, who, t.reason)
+
+    def _self_alert(self, *, alert_id: str, state: str, severity: str, since: float,
+                    reason: str, summary: str, count: int = 1) -> None:
+        assert self.publisher is not None
+        alert = Alert(id=alert_id, kind="self", state=state, severity=severity,  # type: ignore[arg-type]
+                      site=None, node=None, ts=self.clock.wall(), since=since, last_seen=None,
+                      reason=reason, summary=summary, count=count,
+                      source=f"deadman/{self.settings.instance}")
+        self.publisher.submit(self.subjects.alert_self(SERVICE, self.settings.instance), alert)
+        self.metrics.alerts.labels("self", state).inc()
+        log.warning("self alert %s: %s", state, summary)
+
+    def _restarted(self, saved_at: float, nodes: int) -> None:
+        gap = max(0.0, self.clock.wall() - saved_at)
+        self._self_alert(
+            alert_id=f"self.deadman.{self.settings.instance}.restart.{int(saved_at * 1000)}",
+            state="firing", severity="info", since=saved_at,
+            reason=f"restarted after a gap of {gap:.1f}s",
+            summary=f"deadman {self.settings.instance} restarted after a gap of {gap:.1f}s "
+                    f"and restored {nodes} nodes")
+
+    def _published(self, item: Outgoing, duplicate: bool) -> None:
+        if duplicate:
+            log.info("alert %s was already stored (duplicate)", item.msg_id)
+
+    def _publish_error(self, reason: str) -> None:
+        self.metrics.publish_errors.labels(reason).inc()
+
+    # ---- loops --------------------------------------------------------------------------
+    async def _timer(self, stop: asyncio.Event) -> None:
+        """Fire what is due, then sleep until the next deadline (capped so blindness is seen)."""
+        tracker = self.tracker
+        assert tracker is not None
+        while not stop.is_set():
+            now = self.clock.monotonic()
+            self._judge_sight(now)
+            for t in tracker.advance(now):
+                self._emit(t)
+            nd = tracker.next_deadline()
+            delay = 0.1 if nd is None else min(0.1, max(0.0, nd - now) + 0.001)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    def _judge_sight(self, now: float) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        evidence = max(self.sight.last_canary or 0.0, self.sight.last_ingest or 0.0)
+        blind = (not self.sight.connected) or now - evidence > self.settings.blind_after
+        if blind == tracker.blind:
+            return
+        tracker.set_blind(blind, now)
+        if blind:
+            self._blind_count += 1
+            self._blind_id = (f"self.deadman.{self.settings.instance}.blind."
+                              f"{int(self.clock.wall() * 1000)}")
+            why = "lost its NATS connection" if not self.sight.connected else (
+                f"saw no canary or heartbeat for {now - evidence:.1f}s")
+            self._self_alert(alert_id=self._blind_id, state="firing", severity="page",
+                             since=self.to_wall(now), reason="blind",
+                             summary=f"deadman {self.settings.instance} is blind: it {why}; "
+                                     "no node is judged until it can see again")
+        else:
+            since = tracker.blind_since if tracker.blind_since is not None else now
+            self._self_alert(alert_id=self._blind_id or "self.deadman.blind", state="resolved",
+                             severity="page", since=self.to_wall(since), reason="can see again",
+                             summary=f"deadman {self.settings.instance} can see again; every "
+                                     "node gets a full window from now")
+
+    async def _canary(self, stop: asyncio.Event) -> None:
+        """Send ourselves a message through the broker every ``canary_every``."""
+        assert self.nc is not None
+        subject = self.subjects.inbox_canary(SERVICE, self.settings.instance)
+        while not stop.is_set():
+            if self.nc.is_connected:
+                try:
+                    await self.nc.publish(subject, repr(self.clock.monotonic()).encode())
+                except Exception as e:
+                    log.debug("canary publish failed: %s", e)
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.canary_every)
+            except TimeoutError:
+                pass
+
+    async def _on_canary(self, msg: Msg) -> None:
+        now = self.clock.monotonic()
+        try:
+            sent = float(msg.data.decode())
+        except ValueError:
+            return
+        self.sight.canary_rtt = max(0.0, now - sent)
+        self.sight.last_canary = now
+
+    async def _on_disconnect(self) -> None:
+        self.sight.connected = False
+
+    async def _on_reconnect(self) -> None:
+        self.sight.connected = True
+
+    async def _saver(self, store: StateStore, stop: asyncio.Event) -> None:
+        """Save in batches: every ``persist_every``, or shortly after an alert transition."""
+        tracker = self.tracker
+        assert tracker is not None
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._save_soon.wait(), self.settings.persist_every)
+                await asyncio.sleep(URGENT_SAVE)  # gather a burst of transitions into one save
+            except TimeoutError:
+                pass
+            self._save_soon.clear()
+            if stop.is_set():
+                return
+            try:
+                await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
+            except Exception as e:
+                log.warning("state save failed (%s: %s); will retry", type(e).__name__, e)
+
+    # ---- inventory ----------------------------------------------------------------------
+    async def _on_inventory(self, node: NodeId, entry: InventoryEntry | None) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        now = self.clock.monotonic()
+        if entry is None:
+            t = tracker.unregister(node.key, now)
+            if t is not None:
+                self._emit(t)
+            return
+        until = None
+        if entry.maintenance_until is not None:
+            until = self.to_mono(entry.maintenance_until)
+        tracker.register(node.key, now, token=repr(entry.added or 0), maintenance=until)
+
+    async def _reconcile_after_sync(self, view: InventoryView, stop: asyncio.Event) -> None:
+        """Nodes restored as registered but gone from the inventory are no longer watched."""
+        tracker = self.tracker
+        assert tracker is not None
+        await view.synced.wait()
+        now = self.clock.monotonic()
+        known = {n.key for n in view.entries}
+        for key, rec in list(tracker.nodes.items()):
+            if rec.registered and key not in known:
+                t = tracker.unregister(key, now)
+                if t is not None:
+                    self._emit(t)
+
+    # ---- views --------------------------------------------------------------------------
+    def node_view(self, rec: Record, now: float) -> dict[str, Any]:
+        """One node as the status reply shows it."""
+        tracker = self.tracker
+        assert tracker is not None
+        site, _, node = rec.key.partition(".")
+        state = tracker.state(rec, now)
+        ep = rec.episode
+        since: float | None = None
+        if ep is not None:
+            since = self.to_wall(ep.since)
+        elif rec.last_seen is not None and state in ("late", "down"):
+            since = self.to_wall(rec.last_seen + tracker.window)
+        return {
+            "site": site, "node": node, "state": state, "registered": rec.registered,
+            "last_seen": None if rec.last_seen is None else self.to_wall(rec.last_seen),
+            "since": since, "alert_id": None if ep is None else ep.alert_id,
+            "rev": rec.rev, "pid": rec.pid, "host": rec.host, "boot": rec.boot,
+            "maintenance": rec.maintenance is not None and rec.maintenance > now,
+        }
+
+    def status(self, *, limit: int = STATUS_LIMIT, site: str | None = None) -> dict[str, Any]:
+        """The reply to a status request."""
+        tracker = self.tracker
+        assert tracker is not None
+        now = self.clock.monotonic()
+        keys = sorted(k for k in tracker.nodes if site is None or k.partition(".")[0] == site)
+        nodes = [self.node_view(tracker.nodes[k], now) for k in keys[:limit]]
+        return {
+            "service": SERVICE, "instance": self.settings.instance, "blind": tracker.blind,
+            "window": tracker.window, "pending": tracker.pending, "grace": tracker.grace,
+            "started": self.started_wall, "metrics_url": self.metrics_url,
+            "counts": tracker.counts(now), "total": len(keys), "truncated": len(keys) > limit,
+            "nodes": nodes,
+        }
+
+    async def _on_status(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        limit, site = STATUS_LIMIT, None
+        if msg.data.strip():
+            try:
+                req = json.loads(msg.data)
+                if isinstance(req, dict):
+                    if isinstance(req.get("limit"), int) and not isinstance(req["limit"], bool):
+                        limit = max(0, req["limit"])
+                    if isinstance(req.get("site"), str):
+                        site = req["site"]
+            except ValueError:
+                pass
+        await msg.respond(json.dumps(self.status(limit=limit, site=site)).encode())
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        """Healthy while it can see: a canary or heartbeat came back recently (computed now)."""
+        now = self.clock.monotonic()
+        tracker = self.tracker
+        canary_age = None if self.sight.last_canary is None else now - self.sight.last_canary
+        ingest_age = None if self.sight.last_ingest is None else now - self.sight.last_ingest
+        ages = [a for a in (canary_age, ingest_age) if a is not None]
+        fresh = bool(ages) and min(ages) <= self.settings.blind_after
+        ok = fresh and self.sight.connected and tracker is not None and not tracker.blind
+        body = {
+            "ok": ok, "ts": self.clock.wall(), "service": SERVICE,
+            "instance": self.settings.instance, "connected": self.sight.connected,
+            "blind": tracker.blind if tracker is not None else None,
+            "canary_age": canary_age, "canary_rtt": self.sight.canary_rtt,
+            "heartbeat_age": ingest_age,
+            "nodes": len(tracker.nodes) if tracker is not None else 0,
+        }
+        return web.json_response(body, status=200 if ok else 503)

@@ -1,0 +1,68 @@
+"""The deadman's settings: one flag per field, each with an environment twin."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.durations import Duration
+from shared.settings import ServiceSettings, service_config
+
+
+def default_instance() -> str:
+    """hostname-pid, reduced to the characters a subject token allows."""
+    raw = f"{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:64]
+
+
+class DeadmanSettings(ServiceSettings):
+    """fleetwatch deadman: pages on per-node silence measured on its own receive clock."""
+
+    model_config = service_config("deadman")
+    service: ClassVar[str] = "deadman"
+
+    window: Duration = Field(90.0, description="silence after which a node is late")
+    pending: Duration = Field(120.0, description="further silence before a late node pages")
+    startup_grace: Duration | None = Field(
+        None, description="no page before this long after start (default window+pending)")
+    metrics_port: int = Field(9102, ge=0, le=65535,
+                              description="Prometheus /metrics and /healthz port (0 = any free)")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    instance: str = Field(default_factory=default_instance,
+                          description="this replica's name (letters, digits, _ and -)")
+    persist_every: Duration = Field(2.0, description="interval between state saves to KV")
+    renotify: Duration = Field(1800.0, description="re-publish a still-firing alert this often "
+                                                   "(0 = never)")
+    canary_every: Duration = Field(1.0, description="interval of the canary round trip")
+    blind_after: Duration = Field(
+        3.0, description="canary and ingest silent this long = blind (stop judging)")
+    inventory_resync: Duration = Field(60.0, description="full inventory re-read interval")
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is None:
+            raise ValueError("must be 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("window", "persist_every", "canary_every", "blind_after", "inventory_resync")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _grace(self) -> DeadmanSettings:
+        if self.startup_grace is None:
+            object.__setattr__(self, "startup_grace", self.window + self.pending)
+        return self
+
+    @property
+    def grace(self) -> float:
+        """The start-up grace in seconds."""
+        return self.window + self.pending if self.startup_grace is None else self.startup_grace

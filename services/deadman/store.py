@@ -1,0 +1,168 @@
+"""Persisting the deadman's state to its KV bucket, in batches, so a restart keeps its promises.
+
+The state is split into ``SHARDS`` keys (``shard.NN``) by a hash of the node key, plus one
+``meta`` key (when it was saved, by whom). Each save writes every shard whose bytes changed;
+nothing is written per heartbeat. Times are stored as wall clock (monotonic time means nothing
+to the next process) and converted back on load.
+
+A shard value is a msgpack map ``SITE.NODE -> [last_seen, boot, seq, registered, token,
+episode]`` where ``episode`` is ``None`` or ``[id, kind, since, fired_at, notified, count,
+severity]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.kv import KeyValue
+
+from services.deadman.tracker import Episode, Tracker
+
+log = logging.getLogger(__name__)
+
+SHARDS = 64
+META = "meta"
+FORMAT = 1
+
+
+def shard_of(key: str) -> int:
+    """The shard a node's state lives in."""
+    return zlib.crc32(key.encode()) % SHARDS
+
+
+def shard_key(n: int) -> str:
+    return f"shard.{n:02d}"
+
+
+@dataclass
+class Loaded:
+    """What a load found."""
+
+    saved_at: float | None = None  # wall time of the last save, None if there was none
+    saved_by: str | None = None
+    nodes: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, token: str,
+         ep: list[Any] | None) -> list[Any]:
+    return [rec_last, boot, seq, registered, token, ep]
+
+
+def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[str, list[Any]]]:
+    """The tracker's state as shard maps, times in wall clock."""
+    shards: list[dict[str, list[Any]]] = [{} for _ in range(SHARDS)]
+    for key, rec in tracker.nodes.items():
+        ep = rec.episode
+        ep_row = None if ep is None else [
+            ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at),
+            to_wall(ep.notified), ep.count, ep.severity,
+        ]
+        last = None if rec.last_seen is None else to_wall(rec.last_seen)
+        shards[shard_of(key)][key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
+                                          ep_row)
+    return shards
+
+
+class StateStore:
+    """Batched saves to and a load from the deadman's KV bucket."""
+
+    def __init__(self, kv: KeyValue, *, instance: str) -> None:
+        self.kv = kv
+        self.instance = instance
+        self._written: dict[int, int] = {}  # shard -> hash of the bytes last written
+        self.saves = 0
+
+    async def save(self, tracker: Tracker, *, to_wall: Callable[[float], float],
+                   wall_now: float) -> int:
+        """Write every changed shard and the meta key; returns the number of shards written."""
+        shards = snapshot(tracker, to_wall)
+        written = 0
+        for n, shard in enumerate(shards):
+            if not shard and n not in self._written:
+                continue
+            data = msgpack.packb(shard, use_bin_type=True)
+            digest = zlib.crc32(data)
+            if self._written.get(n) == digest:
+                continue
+            await self.kv.put(shard_key(n), data)
+            self._written[n] = digest
+            written += 1
+            await asyncio.sleep(0)  # let heartbeats in between shards
+        meta = {"v": FORMAT, "saved_at": wall_now, "instance": self.instance}
+        await self.kv.put(META, msgpack.packb(meta, use_bin_type=True))
+        self.saves += 1
+        return written
+
+    async def load(self, tracker: Tracker, *, to_mono: Callable[[float], float]) -> Loaded:
+        """Restore every node found; unreadable shards or rows are counted and skipped."""
+        out = Loaded()
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return out
+        for key in keys:
+            try:
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError, NotFoundError):
+                continue
+            if entry.value is None:
+                continue
+            try:
+                obj = msgpack.unpackb(entry.value, raw=False)
+            except Exception:
+                out.rejected["bad_msgpack"] = out.rejected.get("bad_msgpack", 0) + 1
+                continue
+            if not isinstance(obj, dict):
+                out.rejected["not_a_map"] = out.rejected.get("not_a_map", 0) + 1
+                continue
+            if key == META:
+                saved_at = obj.get("saved_at")
+                if isinstance(saved_at, float | int) and not isinstance(saved_at, bool):
+                    out.saved_at = float(saved_at)
+                by = obj.get("instance")
+                out.saved_by = by if isinstance(by, str) else None
+                continue
+            if not key.startswith("shard."):
+                continue
+            for node_key, row in obj.items():
+                try:
+                    self._restore_row(tracker, node_key, row, to_mono)
+                    out.nodes += 1
+                except (TypeError, ValueError, IndexError) as e:
+                    out.rejected["bad_row"] = out.rejected.get("bad_row", 0) + 1
+                    log.warning("state: skipping %r: %s", node_key, e)
+        return out
+
+    @staticmethod
+    def _restore_row(tracker: Tracker, key: str, row: Any,
+                     to_mono: Callable[[float], float]) -> None:
+        from shared.identity import NodeId
+
+        NodeId.from_key(key)  # raises InvalidNodeId (a ValueError) on junk
+        last, boot, seq, registered, token, ep = row
+        episode = None
+        if ep is not None:
+            alert_id, kind, since, fired_at, notified, count, severity = ep
+            if kind not in ("silent", "never_seen"):
+                raise ValueError(f"unknown episode kind {kind!r}")
+            episode = Episode(alert_id=str(alert_id), kind=kind, since=to_mono(float(since)),
+                              fired_at=to_mono(float(fired_at)), count=int(count),
+                              severity=str(severity))
+            episode.notified = to_mono(float(notified))
+        tracker.restore(
+            key,
+            last_seen=None if last is None else to_mono(float(last)),
+            boot=None if boot is None else str(boot),
+            seq=int(seq),
+            registered=bool(registered),
+            episode=episode,
+            token=str(token),
+        )
