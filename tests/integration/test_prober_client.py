@@ -1,0 +1,74 @@
+"""The probe client against real loopback HTTP endpoints, one endpoint per case of issue 6."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from services.prober.client import fetch, make_session
+from services.prober.verdict import Judgement, Rules, judge
+from shared.clock import SystemClock
+from tests.integration.test_prober_support import (
+    Endpoint,
+    answer,
+    response,
+    case_behaviours,
+    endpoints,
+    fresh_body,
+    json200,
+    refused_url,
+)
+
+TIMEOUT = 0.8
+RULES = Rules(max_age=3.0, future_tolerance=2.0)
+
+
+async def probe(url: str) -> tuple[Judgement, float]:
+    """One probe through the real client, judged like the service does."""
+    clock = SystemClock()
+    async with make_session() as session:
+        a = await fetch(session, url, deadline=TIMEOUT, max_body=RULES.max_body, clock=clock)
+    if a.failure is not None or a.status is None:
+        return Judgement(a.failure or "refused", None, a.failure_detail), a.latency
+    return judge(status=a.status, headers=a.headers, body=a.body, truncated=a.truncated,
+                 now=time.time(), rules=RULES), a.latency
+
+
+async def test_every_case_gets_its_verdict() -> None:
+    """Each endpoint of the issue's list gets exactly its verdict, within the deadline."""
+    async with endpoints({"landing": json200(fresh_body)}) as landing:
+        cases = case_behaviours(landing["landing"].url)
+        async with endpoints({k: b for k, (b, _) in cases.items()}) as eps:
+            urls = {k: e.url for k, e in eps.items()} | {"refused": refused_url()}
+            want = {k: v for k, (_, v) in cases.items()} | {"refused": "refused"}
+            results = await asyncio.gather(*(probe(u) for u in urls.values()))
+            got = {k: r[0].verdict for k, r in zip(urls, results, strict=True)}
+            assert got == want, {k: results[i][0].detail for i, k in enumerate(urls)}
+            for (_, latency) in results:
+                assert latency < TIMEOUT + 0.5  # the deadline covers the whole request
+            # the 302 was not followed
+            assert landing["landing"].hits == 0
+
+
+async def test_huge_body_is_cut_at_the_limit_quickly() -> None:
+    """A 10 MB body is refused as bad_body after reading only up to the limit."""
+    async with endpoints({"big": case_behaviours("http://127.0.0.1:9/")["10MB"][0]}) as eps:
+        j, latency = await probe(eps["big"].url)
+    assert j.verdict == "bad_body" and "larger than" in j.detail
+    assert latency < TIMEOUT
+
+
+async def test_each_probe_opens_a_new_connection() -> None:
+    """Three probes through one session make three connections even to a keep-alive server."""
+    keep = Endpoint(answer(lambda: response(200, fresh_body(), close=False)), keep_alive=True)
+    ep = await keep.start()
+    try:
+        clock = SystemClock()
+        async with make_session() as session:
+            for _ in range(3):
+                a = await fetch(session, ep.url, deadline=TIMEOUT, max_body=65536, clock=clock)
+                assert a.status == 200
+        assert ep.hits == 3
+        assert ep.connections == 3
+    finally:
+        await ep.stop()
