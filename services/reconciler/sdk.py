@@ -60,6 +60,7 @@ class Liveness:
         self._last: float | None = None
         self._last_wall: float | None = None
         self._count = 0
+        self._touches = 0
 
     def touch(self, units: int = 1) -> None:
         """Record that the worker just finished real work."""
@@ -67,12 +68,19 @@ class Liveness:
             self._last = self.clock.monotonic()
             self._last_wall = self.clock.wall()
             self._count += units
+            self._touches += 1
 
     @property
     def count(self) -> int:
         """Units of work done so far."""
         with self._lock:
             return self._count
+
+    @property
+    def touches(self) -> int:
+        """How many times the worker touched (an idle poll the broker answered is a touch)."""
+        with self._lock:
+            return self._touches
 
     def age(self) -> float | None:
         """Seconds since the last touch (None if never touched)."""
@@ -151,8 +159,8 @@ class HeartbeatPublisher:
         self._host = socket.gethostname()[:255] or None
 
     async def step(self) -> bool:
-        """Publish one heartbeat if the worker did work since the last one and is fresh."""
-        count = self.liveness.count
+        """Publish one heartbeat if the worker touched since the last one and is fresh."""
+        count = self.liveness.touches
         if count <= self._seen or not self.liveness.fresh():
             return False
         hb = Heartbeat(site=self.node.site, node=self.node.node, boot=self.boot, seq=self.seq,
