@@ -22,7 +22,7 @@ LIMIT = WINDOW + PENDING
 async def test_page_timing_and_resolve_with_same_id(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
 ) -> None:
-    """An unregistered node that goes silent pages at last_seen+1.5s (±) and resolves with its id."""
+    """An unregistered silent node pages at last_seen+1.5s (±) and resolves with its id."""
     col = await Collector.on(nc, subjects.alert_all)
     async with running(nats_server.url, prefix, startup_grace=0.0) as dm:
         b = Beater(nc, subjects, "dc1/n1")

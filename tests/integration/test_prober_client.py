@@ -11,12 +11,12 @@ from shared.clock import SystemClock
 from tests.integration.test_prober_support import (
     Endpoint,
     answer,
-    response,
     case_behaviours,
     endpoints,
     fresh_body,
     json200,
     refused_url,
+    response,
 )
 
 TIMEOUT = 0.8

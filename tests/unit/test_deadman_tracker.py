@@ -14,7 +14,9 @@ def make(clock: FakeClock, **kw: float) -> Tracker:
     return Tracker(window=W, pending=P, grace=kw.pop("grace", 0.0), now=clock.monotonic(), **kw)
 
 
-def run_to(tracker: Tracker, clock: FakeClock, until: float, step: float = 0.01) -> list[Transition]:
+def run_to(
+    tracker: Tracker, clock: FakeClock, until: float, step: float = 0.01
+) -> list[Transition]:
     out: list[Transition] = []
     while clock.monotonic() < until:
         clock.advance(step)
@@ -66,7 +68,6 @@ def test_heartbeat_at_or_before_deadline_never_pages(delta: float) -> None:
     t = make(c)
     t0 = c.monotonic()
     t.heartbeat("dc1.n1", t0, "b", 1)
-    due = t0 + W + P
     c.advance(W + P + delta)
     assert t.advance(c.monotonic()) == []
     assert t.heartbeat("dc1.n1", c.monotonic(), "b", 2) is None
