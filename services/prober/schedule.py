@@ -1,6 +1,7 @@
 """When each target is probed: a fixed phase inside the interval, derived from the node id.
 
-The phase is a stable hash of ``SITE.NODE`` (FNV-1a 64, not Python's salted ``hash``), so a
+The phase is a stable hash of ``SITE.NODE`` (BLAKE2b, not Python's salted ``hash``; FNV-1a's
+high bits barely move between ``n1`` and ``n2``, which bunched a fleet into a few slots), so a
 target keeps its slot across restarts and across prober instances, and a fleet's probes are
 spread evenly over the interval at start-up instead of arriving in one burst. Slots are anchored
 to the wall clock (``wall % interval == phase``); the service turns the wait into a monotonic
@@ -9,26 +10,20 @@ sleep, so a wall-clock step moves at most one slot.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from shared.identity import NodeId
 
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
-_MASK = (1 << 64) - 1
 
-
-def fnv1a64(data: bytes) -> int:
-    """FNV-1a, 64 bits."""
-    h = _FNV_OFFSET
-    for byte in data:
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK
-    return h
+def stable_hash(data: bytes) -> int:
+    """A 64-bit hash that is the same in every process and on every machine."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def phase(node: NodeId, interval: float) -> float:
     """The target's fixed offset in ``[0, interval)``."""
-    return fnv1a64(node.key.encode()) / 2.0**64 * interval
+    return stable_hash(node.key.encode()) / 2.0**64 * interval
 
 
 def next_slot(*, now: float, phase: float, interval: float) -> float:

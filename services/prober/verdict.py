@@ -143,7 +143,6 @@ def judge(
 
 def classify_error(exc: BaseException) -> tuple[Verdict, str]:
     """Name a transport failure: ``timeout``, ``dns`` or ``refused`` (any other unreachability)."""
-    import asyncio
     import socket
 
     seen: set[int] = set()
@@ -158,7 +157,7 @@ def classify_error(exc: BaseException) -> tuple[Verdict, str]:
             chain.append(os_error)
         cur = cur.__cause__ or cur.__context__
     for e in chain:
-        if isinstance(e, TimeoutError | asyncio.TimeoutError):
+        if isinstance(e, TimeoutError):
             return "timeout", "no complete answer before the deadline"
     for e in chain:
         name = type(e).__name__
