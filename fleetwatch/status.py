@@ -1,0 +1,50 @@
+"""``fleetwatch status``: the fleet table, asked of the running services (not a CLI cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from fleetwatch.options import Parser, add_connection
+from fleetwatch.view import render, snapshot
+from shared.bus import connect_once
+from shared.subjects import Subjects
+
+
+def parser() -> Parser:
+    p = Parser(prog="fleetwatch status", description=__doc__)
+    add_connection(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+async def _main(args: Any) -> int:
+    nc = await connect_once(args.nats, name="fleetwatch-status")
+    try:
+        snap = await snapshot(nc, Subjects(args.prefix))
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(snap.to_json(), indent=2))
+    else:
+        width = None if sys.stdout.isatty() else 140
+        Console(width=width).print(render(snap, [], title="fleetwatch status"))
+    if snap.deadman is None:
+        print("fleetwatch status: no deadman answered; the table may be incomplete",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Print the fleet table once."""
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(_main(args))
+    except ConnectionError as e:
+        print(f"fleetwatch status: {e}", file=sys.stderr)
+        return 1
