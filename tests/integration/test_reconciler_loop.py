@@ -25,7 +25,7 @@ from shared.codec import decode
 from shared.identity import NodeId
 from shared.models import Heartbeat, ReconcileReport
 from shared.subjects import Subjects
-from tests.harness import Collector, wait_for
+from tests.harness import Collector
 
 NODE = NodeId.parse("dc1/n1")
 
@@ -43,18 +43,25 @@ def make_loop(nc: NATS, store: FleetStore, subjects: Subjects, state: Path,
                          clock=SystemClock(), interval=0.2, metrics=metrics)
 
 
+def listing(path: Path) -> dict[str, bytes]:
+    """Every file directly in ``path`` with its content."""
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+
+
 def decoded(messages: list[tuple[float, Msg]]) -> list[Heartbeat | ReconcileReport]:
     out: list[Heartbeat | ReconcileReport] = []
     for _, m in messages:
-        model = Heartbeat if ".hb." in m.subject else ReconcileReport
-        out.append(decode(model, m.data, subject_node=NODE))
+        if ".hb." in m.subject:
+            out.append(decode(Heartbeat, m.data, subject_node=NODE))
+        else:
+            out.append(decode(ReconcileReport, m.data, subject_node=NODE))
     return out
 
 
 async def test_a_cycle_applies_then_reports_then_heartbeats(
     nc: NATS, store: FleetStore, subjects: Subjects, tmp_path: Path
 ) -> None:
-    """A valid document is applied; the report is published before the heartbeat, which carries rev/pid/host."""
+    """A valid document is applied; the report precedes the heartbeat, which has rev/pid/host."""
     everything = await Collector.on(nc, f"{subjects.prefix}.>")
     rev = await store.desired.put(NODE.key, json.dumps({"files": {"app.conf": "v=1"}}).encode())
     loop = make_loop(nc, store, subjects, tmp_path)
@@ -85,7 +92,7 @@ async def test_unknown_desired_state_changes_nothing(
     rev = await store.desired.put(NODE.key, json.dumps({"files": {"a": "1"}}).encode())
     loop = make_loop(nc, store, subjects, tmp_path)
     assert (await loop.step()).outcome == "applied"
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = listing(tmp_path)
     if change == "delete":
         await store.desired.delete(NODE.key)
     elif change == "purge":
@@ -96,7 +103,7 @@ async def test_unknown_desired_state_changes_nothing(
     assert result.outcome == "unknown_desired"
     assert status in " ".join(result.report.errors)
     assert result.report.applied_rev == rev and result.report.applied == []
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert listing(tmp_path) == before
     assert result.heartbeat is not None and result.heartbeat.rev == rev  # the read worked
 
 
@@ -106,7 +113,7 @@ async def test_missing_key_is_unknown_not_empty(
     """A node with no desired key yet changes nothing and says so."""
     result = await make_loop(nc, store, subjects, tmp_path).step()
     assert result.outcome == "unknown_desired" and "no desired state" in result.report.errors[0]
-    assert list(tmp_path.iterdir()) == []
+    assert listing(tmp_path) == {}
 
 
 async def test_an_older_revision_is_never_applied(
@@ -136,7 +143,7 @@ async def test_local_edits_are_put_back(
 async def test_a_failed_read_publishes_no_heartbeat(
     nc: NATS, store: FleetStore, subjects: Subjects, tmp_path: Path
 ) -> None:
-    """With the desired bucket gone the cycle counts an error, reports it, and sends no heartbeat."""
+    """With the desired bucket gone a cycle counts an error, reports it, sends no heartbeat."""
     hbs = await Collector.on(nc, subjects.hb(NODE))
     reports = await Collector.on(nc, subjects.reconcile(NODE))
     registry = CollectorRegistry()
@@ -158,7 +165,7 @@ async def test_a_failed_read_publishes_no_heartbeat(
 async def test_500_loops_started_together_spread_their_reads(
     nc: NATS, store: FleetStore, subjects: Subjects
 ) -> None:
-    """500 loops on one connection started in the same second: no 1 s window exceeds 2x the mean read rate."""
+    """500 loops started in the same second: no 1 s window holds over 2x the mean read rate."""
     reads: list[float] = []
 
     async def count(_: Msg) -> None:
