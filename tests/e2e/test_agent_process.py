@@ -150,7 +150,7 @@ async def test_sigstop_means_no_heartbeats_and_no_health_answer(
 async def test_example_worker_dies_inside_a_live_process(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, tmp_path: Path
 ) -> None:
-    """Example worker: jobs drain, /healthz has the queue depth; once its worker dies: 503, silence."""
+    """Example worker: jobs drain, /healthz has queue depth; once the worker dies: 503, silence."""
     stream = f"{subjects.prefix.upper()}_JOBS"
     subject = f"{subjects.prefix}.jobs"
     log = tmp_path / "worker.log"
