@@ -170,7 +170,8 @@ def node_main(argv: list[str]) -> int:
             labels = dict(old.labels) if old else {}
             labels.update(dict(args.label))
             entry = InventoryEntry(
-                site=args.node.site, node=args.node.node,
+                site=args.node.site,
+                node=args.node.node,
                 health_url=args.health_url or (old.health_url if old else None),
                 labels=labels,
                 maintenance_until=old.maintenance_until if old else None,
@@ -196,8 +197,12 @@ def node_main(argv: list[str]) -> int:
         else:
             rows = await list_inventory(kv)
             if args.json:
-                print(json.dumps([dict(e.model_dump(exclude_none=True), revision=r)
-                                  for e, r in rows], indent=2))
+                print(
+                    json.dumps(
+                        [dict(e.model_dump(exclude_none=True), revision=r) for e, r in rows],
+                        indent=2,
+                    )
+                )
             else:
                 _print_inventory(rows)
         return 0
@@ -256,7 +261,9 @@ def desired_parser() -> Parser:
     s.add_argument("--if-revision", type=_revision)
     g = sub.add_parser("get", help="print a node's desired state")
     g.add_argument("node", type=node_id, metavar="SITE/NODE")
-    d = sub.add_parser("delete", help="delete a node's desired state (the agent then changes nothing)")
+    d = sub.add_parser(
+        "delete", help="delete a node's desired state (the agent then changes nothing)"
+    )
     d.add_argument("node", type=node_id, metavar="SITE/NODE")
     d.add_argument("--if-revision", type=_revision)
     for sp in (s, g, d):
@@ -272,8 +279,9 @@ def desired_main(argv: list[str]) -> int:
         kv = store.desired
         key = args.node.key
         if args.action == "set":
-            rev = await cas_put(kv, key, encode_document(args.document),
-                                if_revision=args.if_revision)
+            rev = await cas_put(
+                kv, key, encode_document(args.document), if_revision=args.if_revision
+            )
             print(f"{args.node}: desired state at revision {rev}")
         elif args.action == "delete":
             rev = await cas_delete(kv, key, if_revision=args.if_revision)
@@ -287,8 +295,13 @@ def desired_main(argv: list[str]) -> int:
                 doc = decode_document(e.value, what=f"desired state of {args.node}")
             except DecodeError as err:
                 raise CommandError(f"revision {e.revision}: {err}") from None
-            print(json.dumps({"node": str(args.node), "revision": e.revision, "desired": doc},
-                             indent=2, sort_keys=True))
+            print(
+                json.dumps(
+                    {"node": str(args.node), "revision": e.revision, "desired": doc},
+                    indent=2,
+                    sort_keys=True,
+                )
+            )
         return 0
 
     return _run(args, body)

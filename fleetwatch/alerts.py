@@ -27,8 +27,12 @@ from shared.subjects import Subjects
 def parser() -> Parser:
     p = Parser(prog="fleetwatch alerts", description=__doc__)
     add_connection(p)
-    p.add_argument("--since", type=duration, default=3600.0,
-                   help="replay alerts from this long ago (default 1h)")
+    p.add_argument(
+        "--since",
+        type=duration,
+        default=3600.0,
+        help="replay alerts from this long ago (default 1h)",
+    )
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new alerts")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
@@ -36,8 +40,11 @@ def parser() -> Parser:
 
 async def _main(args: Any) -> int:
     subjects = Subjects(args.prefix)
-    nc = await (connect(args.nats, name="fleetwatch-alerts") if args.follow
-                else connect_once(args.nats, name="fleetwatch-alerts"))
+    nc = await (
+        connect(args.nats, name="fleetwatch-alerts")
+        if args.follow
+        else connect_once(args.nats, name="fleetwatch-alerts")
+    )
     console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -64,14 +71,23 @@ async def _main(args: Any) -> int:
         try:
             info = await js.stream_info(subjects.alerts_stream)
         except NotFoundError:
-            print(f"no alert stream {subjects.alerts_stream} yet: nothing has alerted",
-                  file=sys.stderr)
+            print(
+                f"no alert stream {subjects.alerts_stream} yet: nothing has alerted",
+                file=sys.stderr,
+            )
             return 0
         start = datetime.fromtimestamp(time.time() - args.since, tz=UTC)
-        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
-                             opt_start_time=start.isoformat().replace("+00:00", "Z"))
-        sub = await js.subscribe(subjects.alert_all, cb=on_msg, ordered_consumer=True,
-                                 config=cfg, stream=subjects.alerts_stream)
+        cfg = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=start,
+        )
+        sub = await js.subscribe(
+            subjects.alert_all,
+            cb=on_msg,
+            ordered_consumer=True,
+            config=cfg,
+            stream=subjects.alerts_stream,
+        )
         if not args.follow:
             if info.state.messages == 0:
                 caught_up.set()

@@ -67,20 +67,39 @@ def parser() -> Parser:
     p = Parser(prog="fleetwatch drill", description=__doc__.split("\n\n")[0] if __doc__ else "")
     add_connection(p)
     p.add_argument("--kill", type=_count, default=3, help="how many agents to kill (default 3)")
-    p.add_argument("--kill-mode", choices=["auto", "local", "docker", "cmd"], default="auto",
-                   help="local: kill the pid; docker: docker kill the container named by the "
-                        "agent's host; cmd: run --kill-cmd (auto: cmd if --kill-cmd, else local)")
-    p.add_argument("--kill-cmd", help="template, e.g. 'ssh {host} kill -9 {pid}' "
-                                      "({host} {pid} {site} {node} {boot})")
-    p.add_argument("--restore", action="store_true",
-                   help="restart the victims afterwards and check each alert resolves")
+    p.add_argument(
+        "--kill-mode",
+        choices=["auto", "local", "docker", "cmd"],
+        default="auto",
+        help="local: kill the pid; docker: docker kill the container named by the "
+        "agent's host; cmd: run --kill-cmd (auto: cmd if --kill-cmd, else local)",
+    )
+    p.add_argument(
+        "--kill-cmd",
+        help="template, e.g. 'ssh {host} kill -9 {pid}' ({host} {pid} {site} {node} {boot})",
+    )
+    p.add_argument(
+        "--restore",
+        action="store_true",
+        help="restart the victims afterwards and check each alert resolves",
+    )
     p.add_argument("--restore-cmd", help="template to restart a victim in cmd mode")
-    p.add_argument("--tolerance", type=duration, default=1.0,
-                   help="how late past window+pending a page may land (default 1s)")
+    p.add_argument(
+        "--tolerance",
+        type=duration,
+        default=1.0,
+        help="how late past window+pending a page may land (default 1s)",
+    )
     p.add_argument("--report", type=Path, help="write the results as JSON to this file")
     p.add_argument("--seed", type=int, help="seed for choosing victims (repeatable drills)")
-    p.add_argument("--node", dest="nodes", action="append", default=[], metavar="SITE/NODE",
-                   help="kill exactly these nodes instead of random ones (repeatable)")
+    p.add_argument(
+        "--node",
+        dest="nodes",
+        action="append",
+        default=[],
+        metavar="SITE/NODE",
+        help="kill exactly these nodes instead of random ones (repeatable)",
+    )
     return p
 
 
@@ -134,15 +153,22 @@ class Drill:
     async def preflight(self) -> list[dict[str, Any]]:
         status = await request_status(self.nc, self.subjects, "deadman", timeout=3.0)
         if status is None:
-            raise DrillError(f"no deadman answered on {self.subjects.service_status('deadman')}: "
-                             "is it running against this broker and prefix?")
+            raise DrillError(
+                f"no deadman answered on {self.subjects.service_status('deadman')}: "
+                "is it running against this broker and prefix?"
+            )
         if status.get("blind"):
-            raise DrillError("the deadman is blind (it cannot see the broker or its own ingest);"
-                             " a drill now would blame nodes for the monitor's fault")
+            raise DrillError(
+                "the deadman is blind (it cannot see the broker or its own ingest);"
+                " a drill now would blame nodes for the monitor's fault"
+            )
         self.window = float(status["window"])
         self.pending = float(status["pending"])
-        nodes: list[dict[str, Any]] = [n for n in status.get("nodes", [])
-                                       if n.get("state") == "up" and not n.get("maintenance")]
+        nodes: list[dict[str, Any]] = [
+            n
+            for n in status.get("nodes", [])
+            if n.get("state") == "up" and not n.get("maintenance")
+        ]
         if self.mode() == "local":
             here = socket.gethostname()
             nodes = [n for n in nodes if n.get("pid") and n.get("host") in (None, here)]
@@ -156,10 +182,13 @@ class Drill:
                 raise DrillError(f"not live (or not killable from here): {', '.join(missing)}")
             return [by_name[n] for n in self.args.nodes]
         if len(live) < self.args.kill:
-            raise DrillError(f"asked to kill {self.args.kill} agents but only {len(live)} are "
-                             "live and killable from here")
-        return random.Random(self.args.seed).sample(sorted(live, key=lambda n: (n["site"], n["node"])),
-                                                    self.args.kill)
+            raise DrillError(
+                f"asked to kill {self.args.kill} agents but only {len(live)} are "
+                "live and killable from here"
+            )
+        return random.Random(self.args.seed).sample(
+            sorted(live, key=lambda n: (n["site"], n["node"])), self.args.kill
+        )
 
     async def kill(self, v: Victim) -> None:
         mode = self.mode()
@@ -167,8 +196,8 @@ class Drill:
         if mode == "local":
             assert v.pid is not None
             with contextlib.suppress(OSError):
-                v.cmdline = Path(f"/proc/{v.pid}/cmdline").read_bytes().split(b"\0")[:-1]  # type: ignore[assignment]
-                v.cmdline = [a.decode() for a in v.cmdline]  # type: ignore[union-attr]
+                raw = Path(f"/proc/{v.pid}/cmdline").read_bytes()  # noqa: ASYNC240 - procfs
+                v.cmdline = [a.decode() for a in raw.split(b"\0")[:-1]]
                 v.cwd = os.readlink(f"/proc/{v.pid}/cwd")
             try:
                 os.kill(v.pid, signal.SIGKILL)
@@ -178,11 +207,13 @@ class Drill:
             if mode == "docker":
                 cmd = ["docker", "kill", "--signal", "KILL", str(v.host)]
             else:
-                text = str(self.args.kill_cmd).format(host=v.host, pid=v.pid, site=site,
-                                                      node=node, boot=v.boot)
+                text = str(self.args.kill_cmd).format(
+                    host=v.host, pid=v.pid, site=site, node=node, boot=v.boot
+                )
                 cmd = shlex.split(text)
             proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+                *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
             out, _ = await proc.communicate()
             if proc.returncode != 0:
                 v.kill_error = f"{shlex.join(cmd)} exited {proc.returncode}: {out.decode()[-200:]}"
@@ -190,8 +221,12 @@ class Drill:
 
     def page_for(self, v: Victim) -> tuple[float, Alert] | None:
         for at, a in self.alerts:
-            if (a.kind in ("silent", "never_seen") and a.state == "firing"
-                    and f"{a.site}/{a.node}" == v.node and at >= (v.killed_at or 0) - 0.05):
+            if (
+                a.kind in ("silent", "never_seen")
+                and a.state == "firing"
+                and f"{a.site}/{a.node}" == v.node
+                and at >= (v.killed_at or 0) - 0.05
+            ):
                 return at, a
         return None
 
@@ -204,8 +239,9 @@ class Drill:
         chosen = self.choose(live)
         for n in chosen:
             name = f"{n['site']}/{n['node']}"
-            self.victims[name] = Victim(node=name, pid=n.get("pid"), host=n.get("host"),
-                                        boot=n.get("boot"))
+            self.victims[name] = Victim(
+                node=name, pid=n.get("pid"), host=n.get("host"), boot=n.get("boot")
+            )
         # a fresh heartbeat from each victim first, so "last heartbeat" is one the drill saw
         t0 = time.time()
         hb_wait = max(5.0, self.window)
@@ -214,8 +250,10 @@ class Drill:
                 quiet = [n for n in self.victims if self.last_hb.get(n, (0.0,))[0] < t0]
                 raise DrillError(f"no heartbeat within {hb_wait:.0f}s from {', '.join(quiet)}")
             await asyncio.sleep(0.02)
-        self.console.print(f"drill: window {self.window:g}s + pending {self.pending:g}s; killing "
-                           f"{', '.join(self.victims)} ({self.mode()})")
+        self.console.print(
+            f"drill: window {self.window:g}s + pending {self.pending:g}s; killing "
+            f"{', '.join(self.victims)} ({self.mode()})"
+        )
         await asyncio.gather(*(self.kill(v) for v in self.victims.values()))
         for v in self.victims.values():
             if v.kill_error:
@@ -231,8 +269,14 @@ class Drill:
         while time.time() < deadline:
             open_ = [v for v in self.victims.values() if v.verdict == "pending"]
             for v in open_:
-                v.last_hb = max((at for at, hb in [self.last_hb.get(v.node, (0.0, None))]
-                                 if hb is not None and hb.boot == v.boot), default=v.last_hb)
+                v.last_hb = max(
+                    (
+                        at
+                        for at, hb in [self.last_hb.get(v.node, (0.0, None))]
+                        if hb is not None and hb.boot == v.boot
+                    ),
+                    default=v.last_hb,
+                )
                 hit = self.page_for(v)
                 if hit is not None:
                     self.judge(v, *hit)
@@ -275,25 +319,37 @@ class Drill:
         site, node = v.node.split("/")
         if mode == "local":
             with contextlib.suppress(Exception):
-                reply = await self.nc.request(self.subjects.service_request("up", "restart"),
-                                              json.dumps({"node": v.node}).encode(), timeout=3)
+                reply = await self.nc.request(
+                    self.subjects.service_request("up", "restart"),
+                    json.dumps({"node": v.node}).encode(),
+                    timeout=3,
+                )
                 if json.loads(reply.data).get("ok"):
                     return "restarted by fleetwatch up"
             if not v.cmdline:
                 return "cannot restart: command line unknown"
-            subprocess.Popen(v.cmdline, cwd=v.cwd, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+            subprocess.Popen(  # noqa: ASYNC220 - detached on purpose, never awaited
+                v.cmdline,
+                cwd=v.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             return "restarted from its command line"
         if mode == "docker":
             cmd = ["docker", "start", str(v.host)]
         elif self.args.restore_cmd:
-            cmd = shlex.split(str(self.args.restore_cmd).format(
-                host=v.host, pid=v.pid, site=site, node=node, boot=v.boot))
+            cmd = shlex.split(
+                str(self.args.restore_cmd).format(
+                    host=v.host, pid=v.pid, site=site, node=node, boot=v.boot
+                )
+            )
         else:
             return "cannot restart: no --restore-cmd"
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.DEVNULL)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
         return "restarted" if await proc.wait() == 0 else f"{shlex.join(cmd)} failed"
 
     def unexpected(self) -> list[Alert]:
@@ -319,32 +375,49 @@ class Drill:
             table.add_column("resolved")
 
         def t(x: float | None) -> str:
-            return "-" if x is None else time.strftime("%H:%M:%S", time.localtime(x)) + \
-                f".{int((x % 1) * 1000):03d}"
+            return (
+                "-"
+                if x is None
+                else time.strftime("%H:%M:%S", time.localtime(x)) + f".{int((x % 1) * 1000):03d}"
+            )
 
         for v in self.victims.values():
-            lateness = "" if v.paged_at is None or v.expected_at is None else \
-                f" ({v.paged_at - v.expected_at:+.2f}s)"
-            row = [v.node, t(v.killed_at), t(v.last_hb), t(v.paged_at),
-                   t(None if v.expected_at is None else v.expected_at + self.args.tolerance),
-                   (v.verdict + lateness) if not v.kill_error else f"kill failed: {v.kill_error}"]
+            lateness = (
+                ""
+                if v.paged_at is None or v.expected_at is None
+                else f" ({v.paged_at - v.expected_at:+.2f}s)"
+            )
+            row = [
+                v.node,
+                t(v.killed_at),
+                t(v.last_hb),
+                t(v.paged_at),
+                t(None if v.expected_at is None else v.expected_at + self.args.tolerance),
+                (v.verdict + lateness) if not v.kill_error else f"kill failed: {v.kill_error}",
+            ]
             if self.args.restore:
                 row.append(t(v.resolved_at) if v.resolved_at else f"no ({v.restored})")
             table.add_row(*row)
         self.console.print(table)
         surprises = self.unexpected()
         for a in surprises:
-            self.console.print(f"[red]unexpected page during the drill: {a.kind} "
-                               f"{a.site}/{a.node} {a.summary}[/red]")
+            self.console.print(
+                f"[red]unexpected page during the drill: {a.kind} "
+                f"{a.site}/{a.node} {a.summary}[/red]"
+            )
         ok = all(v.verdict == "on time" for v in self.victims.values()) and not surprises
         if self.args.restore:
             ok = ok and all(v.resolved_at is not None for v in self.victims.values())
         if self.args.report:
             report = {
-                "ok": ok, "window": self.window, "pending": self.pending,
+                "ok": ok,
+                "window": self.window,
+                "pending": self.pending,
                 "tolerance": self.args.tolerance,
-                "victims": [{k: val for k, val in asdict(v).items() if k not in ("cmdline", "cwd")}
-                            for v in self.victims.values()],
+                "victims": [
+                    {k: val for k, val in asdict(v).items() if k not in ("cmdline", "cwd")}
+                    for v in self.victims.values()
+                ],
                 "unexpected": [a.model_dump() for a in surprises],
             }
             self.args.report.write_text(json.dumps(report, indent=2))

@@ -47,10 +47,13 @@ def prefix(text: str) -> str:
 def add_connection(parser: argparse.ArgumentParser) -> None:
     """``--nats`` and ``--prefix`` with their environment defaults."""
     parser.add_argument(
-        "--nats", default=os.environ.get("FLEETWATCH_NATS_URL", DEFAULT_NATS_URL),
+        "--nats",
+        default=os.environ.get("FLEETWATCH_NATS_URL", DEFAULT_NATS_URL),
         help="NATS URL [env FLEETWATCH_NATS_URL; default %(default)s]",
     )
     parser.add_argument(
-        "--prefix", type=prefix, default=os.environ.get("FLEETWATCH_PREFIX", DEFAULT_PREFIX),
+        "--prefix",
+        type=prefix,
+        default=os.environ.get("FLEETWATCH_PREFIX", DEFAULT_PREFIX),
         help="subject prefix [env FLEETWATCH_PREFIX; default %(default)s]",
     )

@@ -35,11 +35,16 @@ def parser() -> Parser:
     p = Parser(prog="fleetwatch server", description=__doc__)
     p.add_argument("--port", type=_port, default=4222, help="client port (default 4222; -1: any)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--store-dir", type=Path, default=None,
-                   help=f"JetStream store (default {default_store()})")
+    p.add_argument(
+        "--store-dir", type=Path, default=None, help=f"JetStream store (default {default_store()})"
+    )
     p.add_argument("--monitor-port", type=_port, default=None, help="HTTP monitor port")
-    p.add_argument("--config", type=Path, default=None,
-                   help="extra nats-server config file (e.g. subject mappings, cluster)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="extra nats-server config file (e.g. subject mappings, cluster)",
+    )
     return p
 
 
@@ -48,8 +53,13 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     store = args.store_dir or default_store()
     try:
-        server = EmbeddedServer(store_dir=store, port=args.port, host=args.host,
-                                monitor_port=args.monitor_port, config_file=args.config)
+        server = EmbeddedServer(
+            store_dir=store,
+            port=args.port,
+            host=args.host,
+            monitor_port=args.monitor_port,
+            config_file=args.config,
+        )
     except ServerBinaryMissing as e:
         print(f"fleetwatch server: {e}", file=sys.stderr)
         return 1
@@ -61,13 +71,17 @@ def main(argv: list[str]) -> int:
     except (RuntimeError, TimeoutError) as e:
         print(f"fleetwatch server: could not start nats-server: {e}", file=sys.stderr)
         return 1
-    print(f"nats-server ready at {server.url} (JetStream store {store}; log {server.log_file})",
-          flush=True)
+    print(
+        f"nats-server ready at {server.url} (JetStream store {store}; log {server.log_file})",
+        flush=True,
+    )
     try:
         while not stop.is_set():
             if not server.running():
-                print("fleetwatch server: nats-server exited unexpectedly; see "
-                      f"{server.log_file}", file=sys.stderr)
+                print(
+                    f"fleetwatch server: nats-server exited unexpectedly; see {server.log_file}",
+                    file=sys.stderr,
+                )
                 return 1
             stop.wait(0.5)
     finally:

@@ -39,13 +39,24 @@ def parser() -> Parser:
     p.add_argument("--sites", type=_positive, default=10, help="sites to spread them over")
     p.add_argument("--site-prefix", default="sim", help="site names are PREFIX-0, PREFIX-1, ...")
     p.add_argument("--interval", type=duration, default=30.0, help="cycle interval (default 30s)")
-    p.add_argument("--kill-rate", type=float, default=0.0,
-                   help="fraction of live nodes that die each minute (e.g. 0.01)")
+    p.add_argument(
+        "--kill-rate",
+        type=float,
+        default=0.0,
+        help="fraction of live nodes that die each minute (e.g. 0.01)",
+    )
     p.add_argument("--duration", type=duration, default=None, help="stop after this long")
-    p.add_argument("--no-register", dest="register", action="store_false",
-                   help="do not put the nodes in the inventory (they then show as unregistered)")
-    p.add_argument("--unregister", action="store_true",
-                   help="remove the simulated nodes from the inventory on exit")
+    p.add_argument(
+        "--no-register",
+        dest="register",
+        action="store_false",
+        help="do not put the nodes in the inventory (they then show as unregistered)",
+    )
+    p.add_argument(
+        "--unregister",
+        action="store_true",
+        help="remove the simulated nodes from the inventory on exit",
+    )
     p.add_argument("--report-every", type=duration, default=5.0, help="progress line period")
     return p
 
@@ -64,7 +75,7 @@ def _positive(text: str) -> int:
 
 async def _gather_chunked(coros: list[Any], size: int = 500) -> None:
     for i in range(0, len(coros), size):
-        await asyncio.gather(*coros[i:i + size])
+        await asyncio.gather(*coros[i : i + size])
 
 
 def _deadman_health(status: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -72,7 +83,7 @@ def _deadman_health(status: dict[str, Any] | None) -> dict[str, Any] | None:
     if not url:
         return None
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
             obj = json.loads(r.read())
     except Exception as e:
         if hasattr(e, "read"):
@@ -90,24 +101,46 @@ async def _main(args: Any) -> int:
     nc = await connect(args.nats, name="fleetwatch-sim", pending_size=64 * 1024 * 1024)
     try:
         store = await ensure_fleet(nc.jetstream(timeout=10), subjects)
-        nodes = [NodeId(f"{args.site_prefix}-{i % args.sites}", f"n{i:06d}")
-                 for i in range(args.nodes)]
+        nodes = [
+            NodeId(f"{args.site_prefix}-{i % args.sites}", f"n{i:06d}") for i in range(args.nodes)
+        ]
         if args.register:
             t0 = time.monotonic()
             now = time.time()
-            await _gather_chunked([store.nodes.put(n.key, InventoryEntry(
-                site=n.site, node=n.node, labels={"managed-by": "fleetwatch-sim"},
-                added=now).encode()) for n in nodes])
+            await _gather_chunked(
+                [
+                    store.nodes.put(
+                        n.key,
+                        InventoryEntry(
+                            site=n.site,
+                            node=n.node,
+                            labels={"managed-by": "fleetwatch-sim"},
+                            added=now,
+                        ).encode(),
+                    )
+                    for n in nodes
+                ]
+            )
             doc = encode_document({"image": "sim:v1"})
             await _gather_chunked([store.desired.put(n.key, doc) for n in nodes])
-            print(f"sim: registered {len(nodes)} nodes in {time.monotonic() - t0:.1f}s",
-                  flush=True)
+            print(f"sim: registered {len(nodes)} nodes in {time.monotonic() - t0:.1f}s", flush=True)
         clock = SystemClock()
         rng = random.Random()
-        loops = {n: ReconcileLoop(node=n, nc=nc, kv=store.desired, subjects=subjects,
-                                  actuator=MemoryActuator(), revisions=MemoryRevisions(),
-                                  clock=clock, interval=args.interval, host="sim", rng=rng)
-                 for n in nodes}
+        loops = {
+            n: ReconcileLoop(
+                node=n,
+                nc=nc,
+                kv=store.desired,
+                subjects=subjects,
+                actuator=MemoryActuator(),
+                revisions=MemoryRevisions(),
+                clock=clock,
+                interval=args.interval,
+                host="sim",
+                rng=rng,
+            )
+            for n in nodes
+        }
         stops = {n: asyncio.Event() for n in nodes}
         tasks = {n: asyncio.create_task(loop.run(stops[n])) for n, loop in loops.items()}
         dead: set[NodeId] = set()
@@ -139,8 +172,11 @@ async def _main(args: Any) -> int:
                 if health is not None:
                     rtt = health.get("canary_rtt")
                     lag += f"; deadman lag (canary rtt) {rtt * 1000:.1f}ms" if rtt else ""
-                print(f"sim: {len(nodes) - len(dead)}/{len(nodes)} alive; {rate:.0f} cycles/s; "
-                      f"late cycles {late}; worst lateness {worst:.2f}s; {lag}", flush=True)
+                print(
+                    f"sim: {len(nodes) - len(dead)}/{len(nodes)} alive; {rate:.0f} cycles/s; "
+                    f"late cycles {late}; worst lateness {worst:.2f}s; {lag}",
+                    flush=True,
+                )
                 last_report, last_cycles = time.monotonic(), cycles
         for ev in stops.values():
             ev.set()

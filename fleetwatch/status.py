@@ -34,8 +34,9 @@ async def _main(args: Any) -> int:
         width = None if sys.stdout.isatty() else 140
         Console(width=width).print(render(snap, [], title="fleetwatch status"))
     if snap.deadman is None:
-        print("fleetwatch status: no deadman answered; the table may be incomplete",
-              file=sys.stderr)
+        print(
+            "fleetwatch status: no deadman answered; the table may be incomplete", file=sys.stderr
+        )
         return 1
     return 0
 

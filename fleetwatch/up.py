@@ -28,7 +28,14 @@ from rich.console import Console
 from rich.live import Live
 
 from fleetwatch.options import Parser
-from fleetwatch.procs import Child, _die_with_parent, fleetwatch_argv, free_ports, port_in_use, stop_all
+from fleetwatch.procs import (
+    Child,
+    _die_with_parent,
+    fleetwatch_argv,
+    free_ports,
+    port_in_use,
+    stop_all,
+)
 from fleetwatch.view import render, snapshot
 from shared.bootstrap import ensure_fleet
 from shared.bus import connect
@@ -60,10 +67,22 @@ class Timings:
     @classmethod
     def pick(cls, fast: bool) -> Timings:
         if fast:
-            return cls(agent_interval=1, window=3, pending=2, probe_interval=1, max_age=3,
-                       probe_timeout=0.8)
-        return cls(agent_interval=30, window=90, pending=120, probe_interval=30, max_age=30,
-                   probe_timeout=5)
+            return cls(
+                agent_interval=1,
+                window=3,
+                pending=2,
+                probe_interval=1,
+                max_age=3,
+                probe_timeout=0.8,
+            )
+        return cls(
+            agent_interval=30,
+            window=90,
+            pending=120,
+            probe_interval=30,
+            max_age=30,
+            probe_timeout=5,
+        )
 
 
 def default_run_dir() -> Path:
@@ -73,11 +92,18 @@ def default_run_dir() -> Path:
 def parser() -> Parser:
     p = Parser(prog="fleetwatch up", description=__doc__.split("\n\n")[0] if __doc__ else "")
     p.add_argument("--agents", type=_agents, default=5, help="number of local agents (default 5)")
-    p.add_argument("--fast", action="store_true",
-                   help="demo timings: agent 1s, window 3s, pending 2s, probe 1s")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="demo timings: agent 1s, window 3s, pending 2s, probe 1s",
+    )
     p.add_argument("--nats-port", type=_port, default=4222, help="broker port (default 4222)")
-    p.add_argument("--run-dir", type=Path, default=None,
-                   help=f"state, logs and lock (default {default_run_dir()})")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help=f"state, logs and lock (default {default_run_dir()})",
+    )
     p.add_argument("--no-view", action="store_true", help="log lines instead of the live table")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix (default fleet)")
     return p
@@ -116,7 +142,7 @@ def run_lock(run_dir: Path) -> Any:
     """Hold ``up.lock`` for the life of this ``up``; say who holds it if taken."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "up.lock"
-    fh = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -125,7 +151,8 @@ def run_lock(run_dir: Path) -> Any:
         who = f"pid {info.get('pid')}, NATS at {info.get('nats')}" if info else "see up.json"
         raise AlreadyRunning(
             f"fleetwatch up is already running from {run_dir} ({who}); stop it first "
-            "(Ctrl-C in its terminal) or use another --run-dir and --nats-port") from None
+            "(Ctrl-C in its terminal) or use another --run-dir and --nats-port"
+        ) from None
     try:
         yield
     finally:
@@ -164,17 +191,26 @@ class Stack:
         if port_in_use(self.args.nats_port):
             raise RuntimeError(
                 f"port {self.args.nats_port} is already in use (another broker?); "
-                "pick another with --nats-port")
-        server = EmbeddedServer(store_dir=self.run_dir / "jetstream", port=self.args.nats_port,
-                                log_file=self.run_dir / "logs" / "nats-server.log",
-                                monitor_port=None, preexec_fn=_die_with_parent)
+                "pick another with --nats-port"
+            )
+        server = EmbeddedServer(
+            store_dir=self.run_dir / "jetstream",
+            port=self.args.nats_port,
+            log_file=self.run_dir / "logs" / "nats-server.log",
+            monitor_port=None,
+            preexec_fn=_die_with_parent,
+        )
         server.start()
         self.server = server
         return server
 
     def _child(self, name: str, *args: str) -> Child:
-        return Child(name=name, argv=fleetwatch_argv(*args),
-                     log=self.run_dir / "logs" / f"{name}.log", env=_child_env())
+        return Child(
+            name=name,
+            argv=fleetwatch_argv(*args),
+            log=self.run_dir / "logs" / f"{name}.log",
+            env=_child_env(),
+        )
 
     async def register(self, nc: NATS) -> list[tuple[NodeId, int]]:
         """Put this run's agents in the inventory, drop agents of a larger earlier run."""
@@ -184,9 +220,13 @@ class Stack:
         self.judge_ports = ports[-2:]
         for i, port in zip(range(1, self.args.agents + 1), ports, strict=False):
             node = NodeId(SITE, f"agent-{i}")
-            entry = InventoryEntry(site=node.site, node=node.node,
-                                   health_url=f"http://127.0.0.1:{port}/healthz",
-                                   labels={"managed-by": MANAGED}, added=time.time())
+            entry = InventoryEntry(
+                site=node.site,
+                node=node.node,
+                health_url=f"http://127.0.0.1:{port}/healthz",
+                labels={"managed-by": MANAGED},
+                added=time.time(),
+            )
             await store.nodes.put(node.key, entry.encode())
             try:
                 await store.desired.get(node.key)
@@ -212,30 +252,64 @@ class Stack:
         conn = ["--nats", url, "--prefix", self.subjects.prefix]
         for node, port in wanted:
             c = self._child(
-                node.node, "agent", *conn, "--node", str(node), "--interval",
-                str(t.agent_interval), "--health-port", str(port),
-                "--state-dir", str(self.run_dir / "agents" / node.node))
+                node.node,
+                "agent",
+                *conn,
+                "--node",
+                str(node),
+                "--interval",
+                str(t.agent_interval),
+                "--health-port",
+                str(port),
+                "--state-dir",
+                str(self.run_dir / "agents" / node.node),
+            )
             c.start()
             self.agents[str(node)] = c
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not all(port_in_use(p) for _, p in wanted):
-            await asyncio.sleep(0.1)
+        while time.monotonic() < deadline and not all(port_in_use(p) for _, p in wanted):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # polling other processes' ports: no event to wait on
         dm_port, pr_port = self.judge_ports
         self.judges = [
-            self._child("deadman", "deadman", *conn, "--window", str(t.window),
-                        "--pending", str(t.pending), "--metrics-port", str(dm_port),
-                        "--instance", "up"),
-            self._child("prober", "prober", *conn, "--interval", str(t.probe_interval),
-                        "--max-age", str(t.max_age), "--timeout", str(t.probe_timeout),
-                        "--metrics-port", str(pr_port), "--instance", "up"),
+            self._child(
+                "deadman",
+                "deadman",
+                *conn,
+                "--window",
+                str(t.window),
+                "--pending",
+                str(t.pending),
+                "--metrics-port",
+                str(dm_port),
+                "--instance",
+                "up",
+            ),
+            self._child(
+                "prober",
+                "prober",
+                *conn,
+                "--interval",
+                str(t.probe_interval),
+                "--max-age",
+                str(t.max_age),
+                "--timeout",
+                str(t.probe_timeout),
+                "--metrics-port",
+                str(pr_port),
+                "--instance",
+                "up",
+            ),
         ]
         for c in self.judges:
             c.start()
 
     def write_state(self, url: str) -> None:
         state = {
-            "pid": os.getpid(), "nats": url, "prefix": self.subjects.prefix,
-            "started": time.time(), "timings": self.timings.__dict__,
+            "pid": os.getpid(),
+            "nats": url,
+            "prefix": self.subjects.prefix,
+            "started": time.time(),
+            "timings": self.timings.__dict__,
             "children": {c.name: c.pid for c in [*self.judges, *self.agents.values()]},
         }
         (self.run_dir / "up.json").write_text(json.dumps(state, indent=2))
@@ -278,8 +352,9 @@ class Stack:
         on purpose: a dead agent is what the drill and the deadman are for."""
         for c in self.judges:
             if not c.alive() and not c.expected_dead:
-                log.warning("%s exited (%s); restarting it", c.name,
-                            c.proc.returncode if c.proc else "?")
+                log.warning(
+                    "%s exited (%s); restarting it", c.name, c.proc.returncode if c.proc else "?"
+                )
                 c.start()
                 c.restarts += 1
 
@@ -311,8 +386,11 @@ async def _run(stack: Stack) -> int:
         await nc.subscribe(s.reconcile_all, cb=stack.on_reconcile)
         await nc.subscribe(s.alert_all, cb=stack.on_alert)
         await nc.subscribe(s.service_request("up", "restart"), cb=stack.on_restart)
-        print(f"fleetwatch up: NATS at {server.url}; {len(wanted)} agents; logs in "
-              f"{stack.run_dir / 'logs'}; Ctrl-C stops everything", flush=True)
+        print(
+            f"fleetwatch up: NATS at {server.url}; {len(wanted)} agents; logs in "
+            f"{stack.run_dir / 'logs'}; Ctrl-C stops everything",
+            flush=True,
+        )
         if stack.args.no_view:
             await _plain(stack, nc, stop)
         else:
@@ -328,7 +406,8 @@ async def _run(stack: Stack) -> int:
 
 
 async def _live(stack: Stack, nc: NATS, stop: asyncio.Event) -> None:
-    title = f"fleetwatch - {stack.args.agents} agents{' (fast demo timings)' if stack.args.fast else ''}"
+    timing = " (fast demo timings)" if stack.args.fast else ""
+    title = f"fleetwatch - {stack.args.agents} agents{timing}"
     with Live(console=stack.console, refresh_per_second=4, screen=False) as live:
         while not stop.is_set():
             stack.supervise()
@@ -344,7 +423,8 @@ async def _plain(stack: Stack, nc: NATS, stop: asyncio.Event) -> None:
         stack.supervise()
         snap = await snapshot(nc, stack.subjects, stack.reports)
         line = f"{sum(r.green for r in snap.rows)}/{len(snap.rows)} green; " + ", ".join(
-            f"{r.node}={r.state}/{r.verdict or '-'}" for r in snap.rows)
+            f"{r.node}={r.state}/{r.verdict or '-'}" for r in snap.rows
+        )
         if line != last:
             print(time.strftime("%H:%M:%S"), line, flush=True)
             last = line

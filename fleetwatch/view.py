@@ -19,13 +19,19 @@ from shared.models import Alert, ReconcileReport
 from shared.subjects import Subjects
 
 STATE_STYLE = {
-    "up": "bold green", "late": "bold yellow", "down": "bold red", "never_seen": "bold red",
-    "maintenance": "bold blue", "removed": "dim", "waiting": "cyan",
+    "up": "bold green",
+    "late": "bold yellow",
+    "down": "bold red",
+    "never_seen": "bold red",
+    "maintenance": "bold blue",
+    "removed": "dim",
+    "waiting": "cyan",
 }
 
 
-async def request_status(nc: NATS, subjects: Subjects, service: str,
-                         *, timeout: float = 1.0) -> dict[str, Any] | None:
+async def request_status(
+    nc: NATS, subjects: Subjects, service: str, *, timeout: float = 1.0
+) -> dict[str, Any] | None:
     """A service's status reply, or None when no instance answered in time."""
     try:
         msg = await nc.request(subjects.service_status(service), b"{}", timeout=timeout)
@@ -74,19 +80,23 @@ class Snapshot:
     def to_json(self) -> dict[str, Any]:
         return {
             "at": self.at,
-            "deadman": None if self.deadman is None else {
-                k: v for k, v in self.deadman.items() if k != "nodes"},
-            "prober": None if self.prober is None else {
-                k: v for k, v in self.prober.items() if k != "targets"},
+            "deadman": None
+            if self.deadman is None
+            else {k: v for k, v in self.deadman.items() if k != "nodes"},
+            "prober": None
+            if self.prober is None
+            else {k: v for k, v in self.prober.items() if k != "targets"},
             "nodes": [asdict(r) | {"green": r.green} for r in self.rows],
         }
 
 
-async def snapshot(nc: NATS, subjects: Subjects,
-                   reports: dict[str, ReconcileReport] | None = None) -> Snapshot:
+async def snapshot(
+    nc: NATS, subjects: Subjects, reports: dict[str, ReconcileReport] | None = None
+) -> Snapshot:
     """Ask the deadman and the prober for their view and merge it per node."""
     deadman, prober = await asyncio.gather(
-        request_status(nc, subjects, "deadman"), request_status(nc, subjects, "prober"))
+        request_status(nc, subjects, "deadman"), request_status(nc, subjects, "prober")
+    )
     now = time.time()
     rows: dict[str, NodeRow] = {}
     for n in (deadman or {}).get("nodes", []):
@@ -118,8 +128,9 @@ async def snapshot(nc: NATS, subjects: Subjects,
         row.outcome = rep.outcome
         if rep.applied_rev is not None:
             row.rev = rep.applied_rev
-    return Snapshot(at=now, deadman=deadman, prober=prober,
-                    rows=sorted(rows.values(), key=lambda r: r.node))
+    return Snapshot(
+        at=now, deadman=deadman, prober=prober, rows=sorted(rows.values(), key=lambda r: r.node)
+    )
 
 
 def _age(seconds: float | None) -> str:
@@ -138,8 +149,11 @@ def why(row: NodeRow) -> str:
     if row.outcome in ("apply_failed", "read_error", "unknown_desired"):
         return f"reconcile: {row.outcome}"
     if row.state == "up":
-        return "heartbeat after real work; answer fresh" if row.verdict == "fresh" else \
-            "heartbeat after real work"
+        return (
+            "heartbeat after real work; answer fresh"
+            if row.verdict == "fresh"
+            else "heartbeat after real work"
+        )
     return ""
 
 
@@ -150,13 +164,19 @@ def render(snap: Snapshot, alerts: list[Alert], *, title: str = "fleetwatch") ->
         table.add_column(col, no_wrap=col != "why")
     for r in snap.rows:
         style = STATE_STYLE.get(r.state, "")
-        verdict = Text(r.verdict or "-", style="green" if r.verdict == "fresh" else
-                       ("red" if r.verdict else ""))
+        verdict = Text(
+            r.verdict or "-",
+            style="green" if r.verdict == "fresh" else ("red" if r.verdict else ""),
+        )
         drift = ", ".join(r.drift) if r.drift else ("none" if r.outcome else "-")
         table.add_row(
             Text(r.node + ("" if r.registered else " (unregistered)")),
-            Text(r.state, style=style), _age(r.hb_age), verdict,
-            "-" if r.rev is None else str(r.rev), drift[:30], why(r),
+            Text(r.state, style=style),
+            _age(r.hb_age),
+            verdict,
+            "-" if r.rev is None else str(r.rev),
+            drift[:30],
+            why(r),
         )
     if not snap.rows:
         table.add_row("(no nodes yet)", "", "", "", "", "", "")
@@ -164,8 +184,9 @@ def render(snap: Snapshot, alerts: list[Alert], *, title: str = "fleetwatch") ->
     if snap.deadman is None:
         notes.append(Text("deadman: no answer (not running, or the broker is down)", style="red"))
     elif snap.deadman.get("blind"):
-        notes.append(Text("deadman: BLIND - it cannot see the broker; node pages are held",
-                          style="bold red"))
+        notes.append(
+            Text("deadman: BLIND - it cannot see the broker; node pages are held", style="bold red")
+        )
     if snap.prober is None:
         notes.append(Text("prober: no answer", style="yellow"))
     green = sum(r.green for r in snap.rows)
@@ -183,5 +204,7 @@ def format_alert(a: Alert) -> Text:
     stamp = time.strftime("%H:%M:%S", time.localtime(a.ts))
     style = ("bold red" if a.severity == "page" else "yellow") if a.state == "firing" else "green"
     who = f"{a.site}/{a.node}" if a.node else (a.site or a.source or "")
-    return Text(f"  {stamp} {a.state.upper():8} {a.severity:7} {a.kind:10} {who:20} {a.summary}",
-                style=style)
+    return Text(
+        f"  {stamp} {a.state.upper():8} {a.severity:7} {a.kind:10} {who:20} {a.summary}",
+        style=style,
+    )

@@ -96,11 +96,19 @@ async def ensure_fleet(
 ) -> FleetStore:
     """The inventory and desired buckets and the alert stream; safe to call from every service."""
     nodes, c1 = await ensure_kv(
-        js, KeyValueConfig(bucket=subjects.nodes_bucket, history=5, replicas=replicas,
-                           storage=StorageType.FILE), strict=strict)
+        js,
+        KeyValueConfig(
+            bucket=subjects.nodes_bucket, history=5, replicas=replicas, storage=StorageType.FILE
+        ),
+        strict=strict,
+    )
     desired, c2 = await ensure_kv(
-        js, KeyValueConfig(bucket=subjects.desired_bucket, history=10, replicas=replicas,
-                           storage=StorageType.FILE), strict=strict)
+        js,
+        KeyValueConfig(
+            bucket=subjects.desired_bucket, history=10, replicas=replicas, storage=StorageType.FILE
+        ),
+        strict=strict,
+    )
     c3 = await ensure_stream(
         js,
         StreamConfig(

@@ -28,14 +28,20 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
 
 Hook = Callable[[], Awaitable[None]]
+_RNG = random.Random()
 
 
-def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int,
+    *,
+    base: float = BACKOFF_BASE,
+    cap: float = BACKOFF_CAP,
+    rng: random.Random | None = None,
+) -> float:
     """Full-jitter exponential backoff: uniform in [cap/2.. cap] once capped, growing before."""
-    r = rng or random
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
-    return ceiling / 2 + r.random() * ceiling / 2
+    r = rng or _RNG
+    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
+    return float(ceiling / 2 + r.random() * ceiling / 2)
 
 
 def _reason(exc: BaseException) -> str:
@@ -91,9 +97,9 @@ async def connect(
         max_reconnect_attempts=-1,
         reconnect_time_wait=0,  # pick_server supplies the (jittered) wait
         reconnect_to_server_handler=pick_server,
-        ping_interval=ping_interval,  # type: ignore[arg-type]
+        ping_interval=ping_interval,
         max_outstanding_pings=2,
-        connect_timeout=connect_timeout,  # type: ignore[arg-type]
+        connect_timeout=connect_timeout,
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
@@ -125,7 +131,7 @@ def guarded(handler: MsgHandler, *, what: str, on_error: Callable[[str], None]) 
 
 
 async def connect_once(url: str, *, name: str, timeout: float = 3.0) -> NATS:
-    """For one-shot commands: connect without retrying forever; raise ConnectionError if no server."""
+    """For one-shot commands: connect without retrying; ConnectionError if there is no server."""
 
     async def quiet(_: Exception) -> None:
         return None
@@ -137,12 +143,14 @@ async def connect_once(url: str, *, name: str, timeout: float = 3.0) -> NATS:
                 servers=[u.strip() for u in url.split(",")],
                 name=name,
                 allow_reconnect=False,
-                connect_timeout=timeout,  # type: ignore[arg-type]
+                connect_timeout=timeout,
                 max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                reconnect_time_wait=0.1,
                 error_cb=quiet,
             ),
             timeout * 2,
         )
     except Exception as e:
-        raise ConnectionError(f"cannot reach NATS at {url}: {type(e).__name__} {e}".strip()) from None
+        raise ConnectionError(
+            f"cannot reach NATS at {url}: {type(e).__name__} {e}".strip()
+        ) from None

@@ -34,7 +34,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def parse_object(data: bytes, *, max_size: int = MAX_PAYLOAD, what: str = "message") -> dict[str, Any]:
+def parse_object(
+    data: bytes, *, max_size: int = MAX_PAYLOAD, what: str = "message"
+) -> dict[str, Any]:
     """Parse bytes (msgpack map or JSON object) into a dict; no schema applied."""
     if len(data) > max_size:
         raise DecodeError("too_large", f"{what} is {len(data)} bytes; the limit is {max_size}")
@@ -130,7 +132,9 @@ def encode_document(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
 
 
-def decode_document(data: bytes | None, *, what: str, max_size: int = 1024 * 1024) -> dict[str, Any]:
+def decode_document(
+    data: bytes | None, *, what: str, max_size: int = 1024 * 1024
+) -> dict[str, Any]:
     """A KV document: a JSON object (or msgpack map); anything else is a DecodeError."""
     if data is None:
         raise DecodeError("empty", f"{what} has no value")

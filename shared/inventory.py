@@ -7,6 +7,7 @@ Values are JSON objects so any NATS client can read them (``nats kv get fleet_no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -86,14 +87,15 @@ async def read_desired(kv: KeyValue, node: NodeId, *, timeout: float = 2.0) -> D
         # kv.get turns a delete/purge marker into KeyNotFoundError carrying the marker's op
         if isinstance(e, KeyDeletedError) or getattr(e, "op", None) is not None:
             rev = getattr(getattr(e, "entry", None), "revision", None)
-            return DesiredRead("deleted", revision=rev,
-                               error=f"desired state of {node} was deleted")
+            return DesiredRead(
+                "deleted", revision=rev, error=f"desired state of {node} was deleted"
+            )
         # kv.get also turns "stream not found" (err 10059) into KeyNotFoundError: a missing
         # bucket is a failed read, not a missing key.
         if getattr(e.__context__, "err_code", None) == 10059:
             return DesiredRead("read_error", error="desired read failed: bucket not found")
         return DesiredRead("missing", error=f"no desired state for {node}")
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return DesiredRead("read_error", error=f"desired read timed out after {timeout}s")
     except Exception as e:
         return DesiredRead("read_error", error=f"desired read failed: {type(e).__name__}: {e}")
@@ -116,8 +118,9 @@ class InventoryView:
     Bad values are logged and counted in ``rejected`` and never remove a node already known.
     """
 
-    def __init__(self, kv: KeyValue, *, on_change: InventoryChange | None = None,
-                 resync_every: float = 60.0) -> None:
+    def __init__(
+        self, kv: KeyValue, *, on_change: InventoryChange | None = None, resync_every: float = 60.0
+    ) -> None:
         self.kv = kv
         self.on_change = on_change
         self.resync_every = resync_every
@@ -190,10 +193,8 @@ class InventoryView:
                 try:
                     await self._follow(watcher, stop)
                 finally:
-                    try:
-                        await watcher.stop()
-                    except Exception:
-                        pass
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -212,7 +213,7 @@ class InventoryView:
                 return  # the caller resyncs and re-watches
             try:
                 upd = await watcher.updates(timeout=min(left, 1.0))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             if upd is None:
                 continue  # end of the initial replay

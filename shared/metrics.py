@@ -30,18 +30,22 @@ class BusMetrics:
         """Register the series for one service (name prefix ``fleetwatch_<service>_nats_``)."""
         p = f"fleetwatch_{service}_nats"
         return cls(
-            errors=Counter(f"{p}_errors", "NATS client errors by reason", ["reason"],
-                           registry=registry),
-            disconnects=Counter(f"{p}_disconnects", "Times the broker connection was lost",
-                                registry=registry),
-            reconnects=Counter(f"{p}_reconnects", "Times the broker connection came back",
-                               registry=registry),
-            connected=Gauge(f"{p}_connected", "1 while connected to the broker",
-                            registry=registry),
+            errors=Counter(
+                f"{p}_errors", "NATS client errors by reason", ["reason"], registry=registry
+            ),
+            disconnects=Counter(
+                f"{p}_disconnects", "Times the broker connection was lost", registry=registry
+            ),
+            reconnects=Counter(
+                f"{p}_reconnects", "Times the broker connection came back", registry=registry
+            ),
+            connected=Gauge(f"{p}_connected", "1 while connected to the broker", registry=registry),
         )
 
 
-def metrics_app(registry: CollectorRegistry, health: HealthHandler | None = None) -> web.Application:
+def metrics_app(
+    registry: CollectorRegistry, health: HealthHandler | None = None
+) -> web.Application:
     """An aiohttp app serving ``GET /metrics`` and, if given, ``GET /healthz``."""
 
     async def metrics(_: web.Request) -> web.Response:

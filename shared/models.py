@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
@@ -28,7 +27,7 @@ class Message(BaseModel):
         frozen=True, strict=True, allow_inf_nan=False, extra="ignore", validate_default=False
     )
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1
 
 
 class NodeMessage(Message):

@@ -33,7 +33,9 @@ def find_binary() -> Path:
     found = shutil.which(exe)
     if found:
         return Path(found)
-    raise ServerBinaryMissing(f"no nats-server binary in {scripts.parent} or on PATH; {INSTALL_HINT}")
+    raise ServerBinaryMissing(
+        f"no nats-server binary in {scripts.parent} or on PATH; {INSTALL_HINT}"
+    )
 
 
 class EmbeddedServer:
@@ -72,7 +74,16 @@ class EmbeddedServer:
     def command(self) -> list[str]:
         """The argv that starts the server."""
         port = self.port if self.port is not None else self.requested_port
-        cmd = [str(self.binary), "-a", self.host, "-p", str(port), "-js", "-sd", str(self.store_dir)]
+        cmd = [
+            str(self.binary),
+            "-a",
+            self.host,
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
         if self.monitor_port is not None:
             cmd += ["-m", str(self.monitor_port)]
         if self.config_file is not None:
@@ -88,8 +99,12 @@ class EmbeddedServer:
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                start_new_session=self.preexec_fn is None, preexec_fn=self.preexec_fn,
+                self.command(),
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.preexec_fn is None,
+                preexec_fn=self.preexec_fn,
             )
         deadline = time.monotonic() + timeout
         while True:

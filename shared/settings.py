@@ -85,7 +85,9 @@ def _is_list(annotation: Any) -> bool:
     return False
 
 
-def build_parser(cls: type[ServiceSettings], prog: str, description: str = "") -> argparse.ArgumentParser:
+def build_parser(
+    cls: type[ServiceSettings], prog: str, description: str = ""
+) -> argparse.ArgumentParser:
     """An argparse parser with one flag per settings field; defaults are left to pydantic."""
     parser = _Parser(prog=prog, description=description or cls.__doc__)
     for name, field in cls.model_fields.items():
@@ -94,13 +96,20 @@ def build_parser(cls: type[ServiceSettings], prog: str, description: str = "") -
         help_text = f"{field.description or ''} [env {env_name(cls, name)}; default {default}]"
         if field.annotation is bool:
             parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         elif _is_list(field.annotation):
             parser.add_argument(
-                flag, dest=name, action="append", default=argparse.SUPPRESS,
-                metavar=name.upper(), help=help_text + " (repeatable)",
+                flag,
+                dest=name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=name.upper(),
+                help=help_text + " (repeatable)",
             )
         else:
             parser.add_argument(
@@ -129,7 +138,9 @@ def load_settings(
         parser.error(settings_error(cls, e, given))
 
 
-def settings_error(cls: type[ServiceSettings], error: ValidationError, given: Mapping[str, Any]) -> str:
+def settings_error(
+    cls: type[ServiceSettings], error: ValidationError, given: Mapping[str, Any]
+) -> str:
     """One line naming the flag or environment variable that was wrong."""
     parts = []
     for err in error.errors(include_url=False):

@@ -40,8 +40,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSe
 @pytest.fixture
 def dedicated_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
     """A nats-server this test alone may stop, kill or restart."""
-    server = EmbeddedServer(store_dir=tmp_path / "js", binary=_binary(),
-                            log_file=tmp_path / "server.log")
+    server = EmbeddedServer(
+        store_dir=tmp_path / "js", binary=_binary(), log_file=tmp_path / "server.log"
+    )
     server.start()
     yield server
     server.stop()

@@ -73,8 +73,11 @@ class Collector:
         return [m.subject for _, m in self.messages]
 
     async def wait_count(self, n: int, *, timeout: float = 10.0) -> list[tuple[float, Msg]]:
-        await wait_for(lambda: len(self.messages) >= n, timeout=timeout,
-                       what=f"{n} messages (have {len(self.messages)})")
+        await wait_for(
+            lambda: len(self.messages) >= n,
+            timeout=timeout,
+            what=f"{n} messages (have {len(self.messages)})",
+        )
         return self.messages
 
 
@@ -87,24 +90,33 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 30.0, env: dict[str, str] | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``fleetwatch ARGS`` to completion (``python -m fleetwatch.cli`` of this interpreter)."""
     return subprocess.run(
         [sys.executable, "-m", "fleetwatch.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env or cli_env(), cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        cwd=ROOT,
         input=input,
     )
 
 
 def spawn_cli(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``fleetwatch ARGS`` in the background, output to ``log``."""
-    fh = open(log, "ab")  # noqa: SIM115 - the child owns it
+    fh = open(log, "ab")
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "fleetwatch.cli", *args],
-            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env or cli_env(), cwd=ROOT, start_new_session=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env or cli_env(),
+            cwd=ROOT,
+            start_new_session=True,
         )
     finally:
         fh.close()

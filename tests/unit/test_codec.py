@@ -17,8 +17,15 @@ from shared.identity import NodeId
 from shared.models import Alert, Heartbeat, ProbeResult, ReconcileReport
 
 GOOD: dict[str, Any] = {
-    "v": 1, "site": "dc1", "node": "n1", "boot": "b1", "seq": 3, "ts": 1_700_000_000.25,
-    "interval": 30.0, "rev": 7, "pid": 1234,
+    "v": 1,
+    "site": "dc1",
+    "node": "n1",
+    "boot": "b1",
+    "seq": 3,
+    "ts": 1_700_000_000.25,
+    "interval": 30.0,
+    "rev": 7,
+    "pid": 1234,
 }
 
 
@@ -34,8 +41,12 @@ def with_(**changes: Any) -> dict[str, Any]:
 
 BAD_INPUTS = [
     ("truncated msgpack", mp(GOOD)[:-3], "bad_msgpack", "msgpack"),
-    ("not utf-8 in msgpack", mp({"v": 1, "site": "dc1"})[:-3] + b"\xa3\xff\xfe\xfd", "not_utf8",
-     "UTF-8"),
+    (
+        "not utf-8 in msgpack",
+        mp({"v": 1, "site": "dc1"})[:-3] + b"\xa3\xff\xfe\xfd",
+        "not_utf8",
+        "UTF-8",
+    ),
     ("not utf-8 json", b'{"v": 1, "site": "\xff"}', "not_utf8", "UTF-8"),
     ("json array", b"[1, 2, 3]", "not_a_map", "list/array"),
     ("msgpack array", mp([1, 2]), "not_a_map", "list/array"),
@@ -45,10 +56,13 @@ BAD_INPUTS = [
     ("ts true", mp(with_(ts=True)), "invalid", "ts"),
     ("ts NaN", mp(with_(ts=math.nan)), "invalid", "finite"),
     ("ts Infinity", mp(with_(ts=math.inf)), "invalid", "finite"),
-    ("ts NaN in JSON", json.dumps(with_(ts="@")).replace('"@"', "NaN").encode(), "bad_json",
-     "NaN"),
-    ("ts Infinity in JSON", json.dumps(with_(ts="@")).replace('"@"', "Infinity").encode(),
-     "bad_json", "Infinity"),
+    ("ts NaN in JSON", json.dumps(with_(ts="@")).replace('"@"', "NaN").encode(), "bad_json", "NaN"),
+    (
+        "ts Infinity in JSON",
+        json.dumps(with_(ts="@")).replace('"@"', "Infinity").encode(),
+        "bad_json",
+        "Infinity",
+    ),
     ("ts string", mp(with_(ts="1700000000")), "invalid", "ts"),
     ("ts negative", mp(with_(ts=-5)), "invalid", "greater than or equal to 0"),
     ("ts in milliseconds", mp(with_(ts=1_700_000_000_000)), "invalid", "ts"),
@@ -62,8 +76,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("label", "data", "reason", "fragment"), BAD_INPUTS,
-                         ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("label", "data", "reason", "fragment"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_heartbeats_give_one_clear_decode_error(
     label: str, data: bytes, reason: str, fragment: str
 ) -> None:
@@ -99,12 +114,44 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     "msg",
     [
         Heartbeat.model_validate(GOOD),
-        Alert(id="silent:dc1.n1:1", kind="silent", state="firing", severity="page", site="dc1",
-              node="n1", ts=1.0, since=0.5, last_seen=None, reason="silent", summary="s"),
-        ProbeResult(site="dc1", node="n1", ts=1.0, url="http://x/healthz", verdict="stale",
-                    ok=False, status=200, age=100.0, latency=0.01, detail="old"),
-        ReconcileReport(site="dc1", node="n1", ts=1.0, boot="b", seq=0, outcome="converged",
-                        rev=3, applied_rev=3, drift=["a"], applied=[], errors=[]),
+        Alert(
+            id="silent:dc1.n1:1",
+            kind="silent",
+            state="firing",
+            severity="page",
+            site="dc1",
+            node="n1",
+            ts=1.0,
+            since=0.5,
+            last_seen=None,
+            reason="silent",
+            summary="s",
+        ),
+        ProbeResult(
+            site="dc1",
+            node="n1",
+            ts=1.0,
+            url="http://x/healthz",
+            verdict="stale",
+            ok=False,
+            status=200,
+            age=100.0,
+            latency=0.01,
+            detail="old",
+        ),
+        ReconcileReport(
+            site="dc1",
+            node="n1",
+            ts=1.0,
+            boot="b",
+            seq=0,
+            outcome="converged",
+            rev=3,
+            applied_rev=3,
+            drift=["a"],
+            applied=[],
+            errors=[],
+        ),
     ],
 )
 def test_every_message_round_trips(msg: Any) -> None:
@@ -123,15 +170,20 @@ def test_arbitrary_bytes_give_a_heartbeat_or_a_decode_error(data: bytes) -> None
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                  max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(GOOD) + ["x"]), json_values, max_size=10))
+@given(st.dictionaries(st.sampled_from([*sorted(GOOD), "x"]), json_values, max_size=10))
 def test_arbitrary_maps_give_a_heartbeat_or_a_decode_error(obj: dict[str, Any]) -> None:
     """Maps with the right keys and wrong values never escape as anything but DecodeError."""
     for data in (mp(obj), json.dumps(obj).encode()):

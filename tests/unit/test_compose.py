@@ -15,7 +15,9 @@ from shared.settings import ServiceSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS: dict[str, type[ServiceSettings]] = {
-    "deadman": DeadmanSettings, "prober": ProberSettings, "agent": AgentSettings,
+    "deadman": DeadmanSettings,
+    "prober": ProberSettings,
+    "agent": AgentSettings,
 }
 
 

@@ -10,15 +10,28 @@ from shared.errors import InvalidDuration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("0.5", 0.5), ("90", 90.0), ("500ms", 0.5), ("90s", 90.0), ("2m", 120.0),
-     ("1h30m", 5400.0), ("1m30s", 90.0), (" 3s ", 3.0), (2, 2.0), (1.5, 1.5), ("1d", 86400.0)],
+    [
+        ("0.5", 0.5),
+        ("90", 90.0),
+        ("500ms", 0.5),
+        ("90s", 90.0),
+        ("2m", 120.0),
+        ("1h30m", 5400.0),
+        ("1m30s", 90.0),
+        (" 3s ", 3.0),
+        (2, 2.0),
+        (1.5, 1.5),
+        ("1d", 86400.0),
+    ],
 )
 def test_accepted_forms(text: str | float, seconds: float) -> None:
     """Seconds as numbers and the unit forms all parse to seconds."""
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5x", "m5", "-1", "1h-3m", "nan", "inf", "1.5.5s", True])
+@pytest.mark.parametrize(
+    "text", ["", "abc", "5x", "m5", "-1", "1h-3m", "nan", "inf", "1.5.5s", True]
+)
 def test_rejected_forms(text: object) -> None:
     """Junk, negatives and non-finite values are refused with a hint at the accepted forms."""
     with pytest.raises(InvalidDuration):

@@ -24,8 +24,9 @@ class DemoSettings(ServiceSettings):
 
 def test_defaults_flags_and_units() -> None:
     """Flags override defaults; durations take unit forms; repeatable flags collect."""
-    s = load_settings(DemoSettings, ["--window", "2m", "--target", "a", "--target", "b",
-                                      "--verbose"], environ={})
+    s = load_settings(
+        DemoSettings, ["--window", "2m", "--target", "a", "--target", "b", "--verbose"], environ={}
+    )
     assert (s.window, s.port, s.target, s.verbose) == (120.0, 9000, ["a", "b"], True)
 
 
@@ -83,9 +84,15 @@ def test_subject_and_bucket_names_follow_the_prefix() -> None:
     n = NodeId("dc1", "n1")
     s = Subjects()
     assert (s.hb(n), s.alert_silent(n), s.alert_site("dc1")) == (
-        "fleet.hb.dc1.n1", "fleet.alert.silent.dc1.n1", "fleet.alert.site.dc1")
+        "fleet.hb.dc1.n1",
+        "fleet.alert.silent.dc1.n1",
+        "fleet.alert.site.dc1",
+    )
     assert (s.nodes_bucket, s.desired_bucket, s.alerts_stream) == (
-        "fleet_nodes", "fleet_desired", "FLEET_ALERTS")
+        "fleet_nodes",
+        "fleet_desired",
+        "FLEET_ALERTS",
+    )
     assert s.node_of("fleet.alert.silent.dc1.n1", "alert.silent") == n
     t = Subjects("t1")
     assert (t.hb_all, t.nodes_bucket, t.alerts_stream) == ("t1.hb.*.*", "t1_nodes", "T1_ALERTS")
