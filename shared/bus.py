@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PING_INTERVAL = 10.0
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 2.0
+INITIAL_RETRY_WAIT = 0.5
+REPEAT_LOG_EVERY = 30.0
 
 Hook = Callable[[], Awaitable[None]]
 _RNG = random.Random()
@@ -42,6 +45,27 @@ def backoff_delay(
     r = rng or _RNG
     ceiling = min(cap, base * 2.0 ** min(attempt, 30))
     return float(ceiling / 2 + r.random() * ceiling / 2)
+
+
+class _QuietLog:
+    """Log the first error of a streak, then one summary line per REPEAT_LOG_EVERY seconds,
+    so a broker that is down for an hour does not write a line per connection attempt."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.streak = 0
+        self.last = 0.0
+
+    def warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.streak += 1
+        if self.streak == 1 or now - self.last >= REPEAT_LOG_EVERY:
+            more = f" ({self.streak} errors so far)" if self.streak > 1 else ""
+            log.warning("nats %s: %s: %s%s", self.name, type(exc).__name__, exc, more)
+            self.last = now
+
+    def reset(self) -> None:
+        self.streak = 0
 
 
 def _reason(exc: BaseException) -> str:
@@ -62,10 +86,12 @@ async def connect(
 ) -> NATS:
     """Connect (waiting for a server if none is up yet) and stay connected for good."""
 
+    quiet = _QuietLog(name)
+
     async def error_cb(exc: Exception) -> None:
         if metrics is not None:
             metrics.errors.labels(_reason(exc)).inc()
-        log.warning("nats %s: %s: %s", name, type(exc).__name__, exc)
+        quiet.warn(exc)
 
     async def disconnected_cb() -> None:
         if metrics is not None:
@@ -76,6 +102,7 @@ async def connect(
             await on_disconnect()
 
     async def reconnected_cb() -> None:
+        quiet.reset()
         if metrics is not None:
             metrics.reconnects.inc()
             metrics.connected.set(1)
@@ -95,7 +122,9 @@ async def connect(
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0,  # pick_server supplies the (jittered) wait
+        # nats-py sleeps reconnect_time_wait between attempts of the *first* connect (with 0 it
+        # spins on a dead broker); reconnects after that take pick_server's jittered backoff.
+        reconnect_time_wait=INITIAL_RETRY_WAIT,
         reconnect_to_server_handler=pick_server,
         ping_interval=ping_interval,
         max_outstanding_pings=2,

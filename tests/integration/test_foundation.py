@@ -270,3 +270,24 @@ async def test_read_desired_distinguishes_every_unknown_state(nc: NATS, subjects
     assert (ok.status, ok.document) == ("ok", {"a": 1})
     await store.desired.delete(node.key)
     assert (await read_desired(store.desired, node)).status == "deleted"
+
+
+async def test_first_connect_waits_for_a_late_broker_without_spinning(
+    dedicated_server: EmbeddedServer,
+) -> None:
+    """A service started before its broker waits quietly (no busy loop) and connects once the
+    broker is up."""
+    import time
+
+    dedicated_server.stop()
+    cpu0 = time.process_time()
+    task = asyncio.create_task(connect(dedicated_server.url, name="late"))
+    await asyncio.sleep(1.5)  # the point is to measure idle waiting; nothing to wait on instead
+    assert not task.done()
+    assert time.process_time() - cpu0 < 0.75  # a spinning retry loop burns ~1.5 s here
+    await asyncio.to_thread(dedicated_server.start)
+    c = await asyncio.wait_for(task, 10)
+    try:
+        assert c.is_connected
+    finally:
+        await c.close()
