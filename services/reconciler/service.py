@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from nats.aio.client import Client as NATS
@@ -158,9 +159,13 @@ async def run_agent(
     own_nc = nc is None
     if nc is None:
         ping = max(1.0, min(10.0, settings.interval * 3))
-        nc = await connect(settings.nats, name=f"fleetwatch-agent-{node.key}",
-                           metrics=BusMetrics.create(registry, "agent"), ping_interval=ping,
-                           on_reconnect=on_reconnect)
+        nc = await _connect_or_stop(
+            connect(settings.nats, name=f"fleetwatch-agent-{node.key}",
+                    metrics=BusMetrics.create(registry, "agent"), ping_interval=ping,
+                    on_reconnect=on_reconnect),
+            stop)
+        if nc is None:
+            return 0
     runner: web.AppRunner | None = None
     try:
         store = await _open_store(nc.jetstream(timeout=settings.read_timeout), subjects, stop)
@@ -183,21 +188,57 @@ async def run_agent(
         url = health_url_for(settings, port)
         log.info("agent %s (boot %s, pid %d): health on %s, state in %s, interval %.3gs",
                  node, loop.boot, loop.pid, url, state_dir, settings.interval)
-        if settings.register:
-            rev = await register(store.nodes, node, url, now=clock.wall())
-            log.info("registered %s in %s (%s)", node, subjects.nodes_bucket,
-                     "unchanged" if rev is None else f"revision {rev}")
         if on_ready is not None:
             on_ready(AgentHandle(loop=loop, health_url=url, port=port))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(loop.run(stop))
             tg.create_task(watch_desired(store.desired, loop, stop))
+            if settings.register:
+                tg.create_task(register_until_done(store.nodes, node, url, clock=clock,
+                                                   stop=stop))
         return 0
     finally:
         if runner is not None:
             await runner.cleanup()
         if own_nc:
             try:
-                await nc.drain()
+                await asyncio.wait_for(nc.drain(), 5.0)
             except Exception:
+                await nc.close()
+
+
+async def _connect_or_stop(connecting: Coroutine[Any, Any, NATS],
+                           stop: asyncio.Event) -> NATS | None:
+    """The first connect waits for a server forever; a stop signal must still end the process."""
+    task = asyncio.ensure_future(connecting)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    return None
+
+
+async def register_until_done(kv: KeyValue, node: NodeId, url: str, *, clock: Clock,
+                              stop: asyncio.Event) -> None:
+    """Register, retrying with backoff: the agent works (and heartbeats) meanwhile."""
+    attempt = 0
+    while not stop.is_set():
+        try:
+            rev = await register(kv, node, url, now=clock.wall())
+        except Exception as e:
+            attempt += 1
+            log.warning("registering %s failed (%s: %s); retrying", node, type(e).__name__, e)
+            try:
+                await asyncio.wait_for(stop.wait(), backoff_delay(attempt, cap=10.0))
+            except TimeoutError:
                 pass
+            continue
+        log.info("registered %s with health URL %s (%s)", node, url,
+                 "unchanged" if rev is None else f"revision {rev}")
+        return

@@ -16,7 +16,6 @@ from shared.durations import Duration
 from shared.identity import NodeId
 from shared.settings import ServiceSettings, service_config
 
-
 # ``register`` is also ABCMeta.register; the flag name is part of the interface, so keep it.
 warnings.filterwarnings("ignore", message='Field name "register" in "AgentSettings"')
 
@@ -28,7 +27,9 @@ class AgentSettings(ServiceSettings):
     service: ClassVar[str] = "agent"
 
     node: str = Field(description="this node, SITE/NODE (SITE/@hostname: this machine's name)")
-    interval: Duration = Field(30.0, description="seconds between cycles (each jittered by up to 10 percent)")
+    interval: Duration = Field(
+        30.0, description="seconds between cycles (each jittered by up to 10 percent)"
+    )
     health_port: int = Field(
         9100, ge=0, le=65535,
         description="/healthz and /metrics port; 0 = any free",

@@ -27,7 +27,7 @@ from shared.inventory import decode_entry
 from shared.models import Heartbeat
 from shared.server import EmbeddedServer
 from shared.subjects import Subjects
-from tests.harness import ROOT, Collector, cli_env, spawn_cli, wait_for
+from tests.harness import ROOT, Collector, cli_env, spawn_cli, wait_for, wait_for_sync
 
 NODE = NodeId.parse("dc1/e2e")
 _URL = re.compile(r"health on (http://\S+/healthz)")
@@ -181,3 +181,16 @@ async def test_example_worker_dies_inside_a_live_process(
         assert proc.poll() is None  # the process itself is alive: that is the point
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_sigterm_ends_an_agent_still_waiting_for_its_first_broker(tmp_path: Path) -> None:
+    """With no broker yet the agent waits to connect, yet SIGTERM still ends it cleanly."""
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "a.log"
+    with reaped(start_agent(f"nats://127.0.0.1:{port}", "tnobroker", tmp_path / "s", log)) as p:
+        wait_for_sync(lambda: log.exists() and log.stat().st_size > 0, timeout=20,
+                      what="the agent trying to connect")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
