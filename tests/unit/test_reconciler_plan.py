@@ -185,3 +185,39 @@ def test_bad_settings_exit_2_naming_the_flag(argv: list[str],
     assert e.value.code == 2
     flag = argv[-2]
     assert flag in capsys.readouterr().err
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=12,
+)
+_docs = st.dictionaries(st.text(max_size=4), _json, max_size=4)
+
+
+@given(_docs, _docs)
+def test_diff_is_empty_exactly_when_documents_are_equal(a: dict[str, Any],
+                                                        b: dict[str, Any]) -> None:
+    """No drift means equal documents (and equal documents mean no drift), for any JSON."""
+    assert diff(a, a) == []
+    assert (diff(a, b) == []) == (a == b and _same_types(a, b))
+
+
+def _same_types(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(_same_types(a[k], b[k]) for k in a)
+    return type(a) is type(b)
+
+
+@given(_docs, st.integers(min_value=0, max_value=10), st.one_of(st.none(), st.integers(0, 10)))
+def test_decide_never_applies_below_the_applied_revision(
+    doc: dict[str, Any], rev: int, applied: int | None
+) -> None:
+    """Whatever the document, an apply only ever happens at or above the applied revision."""
+    d = decide(DesiredRead("ok", rev, doc), applied_rev=applied, current={})
+    if d.action == "apply":
+        assert applied is None or rev >= applied
+    if applied is not None and rev < applied:
+        assert d.action == "stale_revision"
