@@ -1,7 +1,19 @@
 """``ReconcileLoop``: one node's cycle (read desired, read current, diff, apply, report, heartbeat)
 and its jittered schedule. It takes ready-made handles (a NATS connection, the desired KV bucket,
 a clock, an actuator, a revision store), so one process can run thousands of loops on one
-connection, as ``fleetwatch sim`` does.
+connection, as ``fleetwatch sim`` does::
+
+    store = await ensure_fleet(nc.jetstream(), subjects)
+    metrics = AgentMetrics.create(registry)            # one set of series for all loops
+    loops = [ReconcileLoop(node=NodeId.of("sim", f"n{i}"), nc=nc, kv=store.desired,
+                           subjects=subjects, actuator=MemoryActuator(),
+                           revisions=MemoryRevisions(), clock=SystemClock(), interval=1.0,
+                           metrics=metrics) for i in range(2000)]
+    stops = [asyncio.Event() for _ in loops]            # set one to "kill" that agent
+    tasks = [asyncio.create_task(lp.run(st)) for lp, st in zip(loops, stops)]
+
+The first cycle of each loop starts at a random point inside one interval, so loops started
+together spread their reads; pass ``initial_delay=0`` to start at once.
 """
 
 from __future__ import annotations
