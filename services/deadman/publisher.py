@@ -44,7 +44,7 @@ class Outgoing:
 class AlertPublisher:
     """Queue + publisher task; ``submit`` never blocks."""
 
-    def __init__(self, js: JetStreamContext, *, batch: int = 128, timeout: float = 2.0,
+    def __init__(self, js: JetStreamContext, *, batch: int = 1024, timeout: float = 2.0,
                  on_published: Callable[[Outgoing, bool], None] | None = None,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.js = js

@@ -23,13 +23,14 @@ import msgpack
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from services.deadman.tracker import Episode, Tracker
+from services.deadman.tracker import Episode, Record, Tracker
 
 log = logging.getLogger(__name__)
 
 SHARDS = 64
 META = "meta"
 FORMAT = 1
+CHUNK = 2000
 
 
 def shard_of(key: str) -> int:
@@ -59,7 +60,14 @@ def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, t
 def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[str, list[Any]]]:
     """The tracker's state as shard maps, times in wall clock."""
     shards: list[dict[str, list[Any]]] = [{} for _ in range(SHARDS)]
-    for key, rec in tracker.nodes.items():
+    add_rows(shards, list(tracker.nodes.items()), to_wall)
+    return shards
+
+
+def add_rows(shards: list[dict[str, list[Any]]], items: list[tuple[str, Record]],
+             to_wall: Callable[[float], float]) -> None:
+    """Put the rows of ``items`` into their shards."""
+    for key, rec in items:
         ep = rec.episode
         ep_row = None if ep is None else [
             ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at),
@@ -68,7 +76,6 @@ def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[s
         last = None if rec.last_seen is None else to_wall(rec.last_seen)
         shards[shard_of(key)][key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
                                           ep_row)
-    return shards
 
 
 class StateStore:
@@ -83,7 +90,12 @@ class StateStore:
     async def save(self, tracker: Tracker, *, to_wall: Callable[[float], float],
                    wall_now: float) -> int:
         """Write every changed shard and the meta key; returns the number of shards written."""
-        shards = snapshot(tracker, to_wall)
+        # built in chunks so a save at 100k nodes never stalls heartbeat ingest or judging
+        items = list(tracker.nodes.items())
+        shards: list[dict[str, list[Any]]] = [{} for _ in range(SHARDS)]
+        for i in range(0, len(items), CHUNK):
+            add_rows(shards, items[i : i + CHUNK], to_wall)
+            await asyncio.sleep(0)
         written = 0
         for n, shard in enumerate(shards):
             if not shard and n not in self._written:

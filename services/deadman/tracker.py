@@ -156,6 +156,11 @@ class Tracker:
                 self._schedule(rec, rec.episode.notified + self.renotify)
         return out
 
+    def due_before(self, now: float) -> bool:
+        """Cheap check for the hot path: might ``advance(now)`` have work?"""
+        heap = self._heap
+        return bool(heap) and heap[0][0] < now and not self.blind
+
     def next_deadline(self) -> float | None:
         """When ``advance`` next has something to do (may be early: entries are lazy)."""
         return self._heap[0][0] if self._heap else None
