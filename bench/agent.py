@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -184,6 +185,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # One warning per loop whose read fails would drown the table; errors are counted in it.
+    logging.getLogger("services.reconciler").setLevel(logging.ERROR)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nats", default=None, help="use this server instead of starting one")
     p.add_argument("--quick", action="store_true")

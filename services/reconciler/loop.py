@@ -158,6 +158,9 @@ class ReconcileLoop:
         else:
             outcome = decision.action  # unknown_desired / stale_revision: nothing changes
             errors.append(decision.detail)
+        if self.failures:
+            log.info("%s: desired read works again after %d failed attempts", self.node,
+                     self.failures)
         self.failures = 0
         now_mono, now_wall = self.clock.monotonic(), self.clock.wall()
         self.last_cycle_mono, self.last_cycle_wall = now_mono, now_wall
@@ -188,7 +191,13 @@ class ReconcileLoop:
             await self._publish(self._report_subject, encode(report))
         if self.metrics is not None:
             self.metrics.cycles.labels("read_error").inc()
-        log.warning("%s: desired read failed (%s); no heartbeat", self.node, error)
+        # Log the first failure of a streak only: a broker outage under `fleetwatch sim` would
+        # otherwise print one line per loop per retry.
+        if self.failures == 1:
+            log.warning("%s: desired read failed (%s); no heartbeat until it works", self.node,
+                        error)
+        else:
+            log.debug("%s: desired read failed again (%d): %s", self.node, self.failures, error)
         return CycleResult("read_error", report, None, None)
 
     async def _apply(self, document: dict[str, object], revision: int) -> ApplyResult:
