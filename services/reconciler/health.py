@@ -45,6 +45,7 @@ class AgentHealth:
             "age": verdict.age,
             "max_age": self.max_age,
             "rev": self.loop.applied_rev,
+            "outcome": self.loop.last_outcome,
             "kv_rtt": (now - t0) if kv_ok else None,
             "boot": self.loop.boot,
             "seq": self.loop.hb_seq,

@@ -114,6 +114,7 @@ class ReconcileLoop:
         self.last_cycle_mono: float | None = None
         self.last_cycle_wall: float | None = None
         self.failures = 0
+        self.last_outcome: ReconcileOutcome | None = None
         self.cycles = 0
         self.late_cycles = 0
         self.max_lateness = 0.0
@@ -164,6 +165,7 @@ class ReconcileLoop:
         self.failures = 0
         now_mono, now_wall = self.clock.monotonic(), self.clock.wall()
         self.last_cycle_mono, self.last_cycle_wall = now_mono, now_wall
+        self.last_outcome = outcome
         report = self._report(outcome, rev=decision.revision, drift=decision.drift,
                               applied=applied, errors=errors, duration=now_mono - t0)
         hb = Heartbeat(site=self.node.site, node=self.node.node, boot=self.boot, seq=self.hb_seq,
@@ -184,6 +186,7 @@ class ReconcileLoop:
 
     async def _failed_read(self, error: str, t0: float) -> CycleResult:
         self.failures += 1
+        self.last_outcome = "read_error"
         self._count_error(read_error_reason(error))
         report = self._report("read_error", rev=None, drift=(), applied=(), errors=[error],
                               duration=self.clock.monotonic() - t0)

@@ -73,6 +73,7 @@ async def test_healthz_is_computed_in_each_request_and_the_agent_registers(
         assert status == 200 and body["ok"] is True, body
         assert abs(body["ts"] - time.time()) < 1.0
         assert body["node"] == str(NODE) and body["kv_rtt"] > 0 and body["age"] < 1.0
+        assert body["outcome"] == "unknown_desired"  # no desired key: reported, still alive
         _, again = await get(handle.health_url)
         assert again["ts"] > body["ts"] and again["kv_rtt"] != body["kv_rtt"]
         store = await ensure_fleet(nc.jetstream(), subjects)
