@@ -23,7 +23,7 @@ from services.deadman.metrics import DeadmanMetrics, StateCollector
 from services.deadman.publisher import AlertPublisher, Outgoing
 from services.deadman.settings import DeadmanSettings
 from services.deadman.store import StateStore
-from services.deadman.tracker import Record, Tracker, Transition
+from services.deadman.tracker import Judgement, Record, Tracker, Transition
 from shared.bootstrap import ensure_fleet, ensure_kv
 from shared.bus import connect, guarded
 from shared.clock import Clock, SystemClock
@@ -120,7 +120,10 @@ class Deadman:
             bucket=self.subjects.state_bucket(SERVICE), history=1, storage=StorageType.FILE))
         now = self.clock.monotonic()
         tracker = Tracker(window=s.window, pending=s.pending, grace=s.grace,
-                          renotify=s.renotify, now=now)
+                          renotify=s.renotify, now=now, judgement=Judgement(
+                              site_fraction=s.site_fraction, site_min=s.site_min,
+                              flap_changes=s.flap_changes, flap_period=s.flap_period,
+                              flap_good=s.flap_good))
         store = StateStore(kv, instance=s.instance)
         loaded = await store.load(tracker, to_mono=self.to_mono)
         self.tracker = tracker
@@ -205,7 +208,7 @@ class Deadman:
         # nats-py runs a subscription's pending messages back to back without yielding: during a
         # burst the timer task would starve, so judge inline when something is due, and let the
         # other tasks (the alert publisher) run every few hundred messages.
-        if tracker.due_before(now):
+        if tracker.outbox or tracker.due_before(now):
             for t in tracker.advance(now):
                 self._emit(t)
         self._burst += 1
@@ -218,6 +221,14 @@ class Deadman:
 
     # ---- alerts -------------------------------------------------------------------------
     def _emit(self, t: Transition) -> None:
+        if t.kind == "site":
+            self._emit_site(t)
+            return
+        if t.kind == "self":
+            self._self_alert(alert_id=t.alert_id, state=t.state, severity=t.severity,
+                             since=max(0.0, self.to_wall(t.since)), reason=t.reason,
+                             summary=f"deadman {self.settings.instance}: {t.reason}")
+            return
         assert self.publisher is not None
         site, _, node = t.key.partition(".")
         wall_now = self.clock.wall()
@@ -238,6 +249,19 @@ class Deadman:
         self.metrics.alerts.labels(t.kind, t.state).inc()
         self._save_soon.set()
         log.info("alert %s %s %s (%s)", t.kind, t.state, who, t.reason)
+
+    def _emit_site(self, t: Transition) -> None:
+        assert self.publisher is not None
+        alert = Alert(id=t.alert_id, kind="site", state=t.state, severity=t.severity,  # type: ignore[arg-type]
+                      site=t.key, node=None, ts=self.clock.wall(),
+                      since=max(0.0, self.to_wall(t.since)), last_seen=None, reason=t.reason,
+                      summary=(f"site {t.key}: {t.reason}" if t.state == "firing"
+                               else f"site {t.key} is back"),
+                      count=t.count, source=f"deadman/{self.settings.instance}")
+        self.publisher.submit(self.subjects.alert_site(t.key), alert)
+        self.metrics.alerts.labels("site", t.state).inc()
+        self._save_soon.set()
+        log.warning("site alert %s %s: %s", t.state, t.key, t.reason)
 
     def _self_alert(self, *, alert_id: str, state: str, severity: str, since: float,
                     reason: str, summary: str, count: int = 1) -> None:
@@ -365,6 +389,8 @@ class Deadman:
             t = tracker.unregister(node.key, now)
             if t is not None:
                 self._emit(t)
+            for t in tracker.advance(now):
+                self._emit(t)
             return
         until = None
         if entry.maintenance_until is not None:
@@ -403,6 +429,8 @@ class Deadman:
             "since": since, "alert_id": None if ep is None else ep.alert_id,
             "rev": rec.rev, "pid": rec.pid, "host": rec.host, "boot": rec.boot,
             "maintenance": rec.maintenance is not None and rec.maintenance > now,
+            "flapping": tracker.flapping(rec, now),
+            "severity": None if ep is None else ep.severity,
         }
 
     def status(self, *, limit: int = STATUS_LIMIT, site: str | None = None) -> dict[str, Any]:
@@ -419,7 +447,10 @@ class Deadman:
             total = len(keys)
         nodes = [self.node_view(tracker.nodes[k], now) for k in keys[:limit]]
         return {
-            "service": SERVICE, "instance": self.settings.instance, "blind": tracker.blind,
+            "service": SERVICE, "instance": self.settings.instance,
+            "blind": tracker.blind or tracker.suspect is not None,
+            "suspect": tracker.suspect is not None,
+            "site_alerts": {site: ep.alert_id for site, ep in tracker.site_alerts.items()},
             "window": tracker.window, "pending": tracker.pending, "grace": tracker.grace,
             "started": self.started_wall, "metrics_url": self.metrics_url,
             "counts": tracker.counts(now), "total": total, "truncated": total > limit,

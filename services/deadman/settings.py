@@ -41,6 +41,14 @@ class DeadmanSettings(ServiceSettings):
     blind_after: Duration = Field(
         3.0, description="canary and ingest silent this long = blind (stop judging)")
     inventory_resync: Duration = Field(60.0, description="full inventory re-read interval")
+    site_fraction: float = Field(0.55, gt=0, le=1, description=(
+        "share of a site's nodes going down within one window that makes one site alert"))
+    site_min: int = Field(3, ge=1, description="... and at least this many nodes")
+    flap_changes: int = Field(4, ge=2, description="state changes within --flap-period that "
+                                                   "make a node flapping")
+    flap_period: Duration = Field(3600.0, description="period over which changes are counted")
+    flap_good: int = Field(3, ge=1, description="a flapping node resolves after this many good "
+                                                "heartbeats in a row spanning one window")
 
     @field_validator("instance")
     @classmethod
