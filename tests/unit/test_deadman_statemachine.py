@@ -1,0 +1,101 @@
+"""A Hypothesis state machine over the pure tracker: random heartbeats, silences, inventory
+changes, maintenance, blindness and clock steps, checked against the invariants of issues 3-4."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from services.deadman.tracker import Judgement, Tracker, Transition
+
+W, P = 1.0, 0.5
+KEYS = [f"dc{s}.n{i}" for s in range(2) for i in range(4)]
+
+
+class TrackerMachine(RuleBasedStateMachine):
+    """Every firing has at most one resolve; no page while blind or in maintenance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 1000.0
+        self.t = Tracker(window=W, pending=P, grace=0.5, renotify=3.0, now=self.now,
+                         judgement=Judgement(site_min=3, flap_changes=4, flap_period=20.0))
+        self.last_seen: dict[str, float] = {}
+        self.open: dict[str, str] = {}  # alert id -> key
+        self.resolved: set[str] = set()
+        self.blind_until_hold = 0.0
+        self.maint: dict[str, float] = {}
+
+    def _take(self, out: list[Transition]) -> None:
+        for tr in out:
+            if tr.kind in ("site", "self"):
+                continue
+            if tr.state == "firing":
+                assert tr.alert_id not in self.resolved, "fired again after its resolve"
+                assert not self.t.blind, "paged while blind"
+                m = self.maint.get(tr.key)
+                assert m is None or self.now >= m, "paged during maintenance"
+                if tr.count == 1:
+                    assert tr.alert_id not in self.open, "second first-firing of one episode"
+                    seen = self.last_seen.get(tr.key)
+                    if seen is not None:
+                        assert self.now > seen + W + P, "paged before window+pending"
+                self.open[tr.alert_id] = tr.key
+            else:
+                assert tr.alert_id in self.open, "resolve without a firing"
+                assert tr.alert_id not in self.resolved, "two resolves"
+                del self.open[tr.alert_id]
+                self.resolved.add(tr.alert_id)
+
+    @rule(key=st.sampled_from(KEYS))
+    def heartbeat(self, key: str) -> None:
+        seq = int(self.now * 1000)
+        r = self.t.heartbeat(key, self.now, "b", seq)
+        self.last_seen[key] = self.now
+        self._take([r] if r else [])
+        self._take(self.t.advance(self.now))
+
+    @rule(dt=st.floats(min_value=0.001, max_value=2.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self._take(self.t.advance(self.now))
+
+    @rule(key=st.sampled_from(KEYS))
+    def register(self, key: str) -> None:
+        self.t.register(key, self.now, token="x")
+
+    @rule(key=st.sampled_from(KEYS))
+    def remove(self, key: str) -> None:
+        r = self.t.unregister(key, self.now)
+        if r is not None:
+            assert r.reason == "removed"
+        self._take([r] if r else [])
+        self.last_seen.pop(key, None)
+        self.maint.pop(key, None)
+
+    @rule(key=st.sampled_from(KEYS), length=st.floats(min_value=0.1, max_value=3.0))
+    def maintain(self, key: str, length: float) -> None:
+        rec = self.t.nodes.get(key)
+        if rec is not None:
+            self.t.set_maintenance(rec, self.now + length, self.now)
+            self.maint[key] = self.now + length
+
+    @rule(blind=st.booleans())
+    def blindness(self, blind: bool) -> None:
+        self.t.set_blind(blind, self.now)
+
+    @invariant()
+    def open_alerts_match_tracker(self) -> None:
+        in_tracker = {r.episode.alert_id for r in self.t.nodes.values() if r.episode}
+        assert in_tracker <= set(self.open)
+
+    @invariant()
+    def heap_is_bounded(self) -> None:
+        assert len(self.t._heap) <= 4 * len(KEYS) + 16
+
+
+TrackerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
+                                            deadline=None)
+test_tracker_state_machine = TrackerMachine.TestCase
+test_tracker_state_machine.__doc__ = "Random runs keep the deadman invariants (see TrackerMachine)."
