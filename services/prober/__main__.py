@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 
@@ -25,9 +26,20 @@ async def serve(settings: ProberSettings) -> int:
     registry = CollectorRegistry()
     # the bus series must exist before connecting so the first connect is counted
     prober_metrics = ProberMetrics.create(registry)
-    nc = await connect(settings.nats, name=f"prober-{settings.instance}",
-                       metrics=prober_metrics.bus,
-                       ping_interval=max(1.0, min(10.0, settings.interval * 2)))
+    connecting = asyncio.create_task(connect(
+        settings.nats, name=f"prober-{settings.instance}", metrics=prober_metrics.bus,
+        ping_interval=max(1.0, min(10.0, settings.interval * 2))))
+    stopping = asyncio.create_task(stop.wait())
+    # a signal while the broker is still unreachable must end the process, not wait for it
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        log.info("prober %s: stopped before reaching NATS", settings.instance)
+        return 0
+    nc = connecting.result()
     try:
         prober = Prober(nc=nc, settings=settings, registry=registry, metrics=prober_metrics)
         log.info("prober %s: interval %gs, max-age %gs, timeout %gs, nats %s",
