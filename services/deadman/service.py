@@ -130,7 +130,10 @@ class Deadman:
         self.sight.last_canary = self.clock.monotonic()
         self.publisher = AlertPublisher(js, on_published=self._published,
                                         on_error=self._publish_error)
-        if loaded.saved_at is not None:
+        if loaded.saved_at is not None and (
+                self.clock.wall() - loaded.saved_at > 2 * s.persist_every):
+            # a save older than two intervals means nobody was watching meanwhile (a replica
+            # that kept saving is no gap)
             self._restarted(loaded.saved_at, loaded.nodes)
 
         subs = [

@@ -18,10 +18,12 @@ from tests.harness import Collector, spawn_cli, wait_for
 from tests.integration.test_deadman_support import Beater, alerts
 
 
-def start(url: str, prefix: str, log: Path, grace: str) -> subprocess.Popen[bytes]:
+def start(url: str, prefix: str, log: Path, grace: str, *extra: str,
+          instance: str = "e2e") -> subprocess.Popen[bytes]:
+    """The real deadman CLI with the test timings (window 1 s, pending 0.5 s)."""
     return spawn_cli("deadman", "--nats", url, "--prefix", prefix, "--window", "1",
                      "--pending", "500ms", "--startup-grace", grace, "--metrics-port", "0",
-                     "--persist-every", "0.2", "--instance", "e2e", log=log)
+                     "--persist-every", "0.2", "--instance", instance, *extra, log=log)
 
 
 async def ready(nc: NATS, subjects: Subjects, proc: subprocess.Popen[bytes]) -> dict[str, object]:

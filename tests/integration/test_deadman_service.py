@@ -109,7 +109,7 @@ async def test_restart_contract_in_process(
         await wait_for(lambda: alerts(col, "dc1/firing"), timeout=5)
         first = alerts(col, "dc1/firing")[0][1]
     stop_dies.set()  # dies while the deadman is down
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.6)
     restarted = time.monotonic()
     async with running(nats_server.url, prefix, startup_grace=1.0):
         await wait_for(lambda: alerts(col, "dc1/dies"), timeout=5)
