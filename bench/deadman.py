@@ -236,6 +236,16 @@ async def run(args: argparse.Namespace) -> None:
         print(f"memory: RSS {rss0 / 2**20:.1f} MiB -> {rss1 / 2**20:.1f} MiB for {tracked:,} "
               f"nodes = {(rss1 - rss0) / max(1, tracked):.0f} B/node  (goal <= 500)")
 
+        # a flat-out blast puts the deadman behind: its canary queues behind the backlog and it
+        # declares itself blind (no judging) until it has caught up; wait for sight to return
+        t_wait = time.monotonic()
+        while True:
+            st = await count_of(nc, status)
+            if st is not None and not st["blind"]:
+                break
+            await asyncio.sleep(0.1)
+        print(f"sight: not blind {time.monotonic() - t_wait:.1f}s after the sustained phase")
+
         # 4. silence SILENCE nodes at once while the rest keep heartbeating
         alerts: list[tuple[float, dict[str, Any]]] = []
 

@@ -41,7 +41,7 @@ SERVICE = "deadman"
 MAX_SKEW = 300.0
 """A heartbeat whose sender clock is further than this from ours is not a sign of life: a
 far-future (or replayed, far-past) ``ts`` must not keep a node green."""
-STATUS_LIMIT = 5000
+STATUS_LIMIT = 2000  # keeps the reply well under the 1 MiB default max_payload
 URGENT_SAVE = 0.05
 YIELD_EVERY = 64
 
@@ -313,7 +313,9 @@ class Deadman:
     def _judge_sight(self, now: float) -> None:
         tracker = self.tracker
         assert tracker is not None
-        evidence = max(self.sight.last_canary or 0.0, self.sight.last_ingest or 0.0)
+        # Only the canary counts here: it queues behind the heartbeats in our own socket, so a
+        # backlog (ingest fell behind) delays it too, while heartbeats keep arriving "fresh".
+        evidence = self.sight.last_canary or 0.0
         blind = (not self.sight.connected) or now - evidence > self.settings.blind_after
         if blind == tracker.blind:
             return
@@ -323,7 +325,7 @@ class Deadman:
             self._blind_id = (f"self.deadman.{self.settings.instance}.blind."
                               f"{int(self.clock.wall() * 1000)}")
             why = "lost its NATS connection" if not self.sight.connected else (
-                f"saw no canary or heartbeat for {now - evidence:.1f}s")
+                f"got no canary back through the broker for {now - evidence:.1f}s")
             self._self_alert(alert_id=self._blind_id, state="firing", severity="page",
                              since=self.to_wall(now), reason="blind",
                              summary=f"deadman {self.settings.instance} is blind: it {why}; "
@@ -398,7 +400,9 @@ class Deadman:
         until = None
         if entry.maintenance_until is not None:
             until = self.to_mono(entry.maintenance_until)
-        tracker.register(node.key, now, token=repr(entry.added or 0), maintenance=until)
+        # replicas agree on ``added``; without it the id is this replica's own
+        token = repr(entry.added) if entry.added else f"at{self.clock.wall():.3f}"
+        tracker.register(node.key, now, token=token, maintenance=until)
 
     async def _reconcile_after_sync(self, view: InventoryView, stop: asyncio.Event) -> None:
         """Nodes restored as registered but gone from the inventory are no longer watched."""

@@ -25,6 +25,7 @@ NodeState = Literal["up", "late", "down", "never_seen"]
 Kind = Literal["silent", "never_seen", "site", "self"]
 
 HEARTBEAT = "heartbeat"
+RETIRED_MAX = 10_000
 REMOVED = "removed"
 
 
@@ -145,6 +146,7 @@ class Tracker:
         self.outbox: list[Transition] = []  # extra transitions a call produced (drain it)
         self._heap: list[tuple[float, str]] = []
         self._site_scan: dict[str, tuple[float, int]] = {}
+        self._removed: dict[str, int] = {}  # key -> times it was removed from the inventory
 
     # ---- the hot path -------------------------------------------------------------------
     def heartbeat(self, key: str, now: float, boot: str, seq: int, *, rev: int | None = None,
@@ -373,7 +375,8 @@ class Tracker:
         rec = self.nodes.get(key)
         if rec is None:
             rec = self._add(Record(key, registered=True, hold=now + self.grace))
-            rec.token = token
+            gen = self._removed.get(key)
+            rec.token = token if gen is None else f"{token}#{gen}"
             self._schedule(rec, self._due(rec))
         else:
             if not rec.registered:
@@ -405,6 +408,11 @@ class Tracker:
             recs.remove(rec)
             if not recs:
                 del self.sites[key.partition(".")[0]]
+        # removed and added again with the same inventory token: the next never_seen episode
+        # needs another id, so count generations
+        self._removed[key] = self._removed.pop(key, 0) + 1
+        if len(self._removed) > RETIRED_MAX:
+            del self._removed[next(iter(self._removed))]
         if rec.episode is None:
             return None
         return self._close(rec, now, REMOVED)

@@ -95,7 +95,7 @@ class TrackerMachine(RuleBasedStateMachine):
         assert len(self.t._heap) <= 4 * len(KEYS) + 16
 
 
-TrackerMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40,
+TrackerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50,
                                             deadline=None)
 test_tracker_state_machine = TrackerMachine.TestCase
 test_tracker_state_machine.__doc__ = "Random runs keep the deadman invariants (see TrackerMachine)."
