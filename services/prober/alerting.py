@@ -83,6 +83,9 @@ class Alerting:
     targets: dict[NodeId, TargetState] = field(default_factory=dict)
     blind_since: float | None = None
     blind_id: str | None = None
+    # running counts so the blind check is O(1) per result, not a scan of every target
+    _seen: int = 0
+    _fresh: int = 0
 
     def add(self, node: NodeId) -> None:
         """Start tracking a target (no-op when known)."""
@@ -99,6 +102,9 @@ class Alerting:
         """Stop tracking; an open alert resolves as ``removed``."""
         st = self.targets.pop(node, None)
         out: list[Transition] = []
+        if st is not None and st.last_verdict is not None:
+            self._seen -= 1
+            self._fresh -= st.last_verdict == "fresh"
         if st is not None and st.alert is not None:
             out.append(Transition("resolved", node, st.alert.id, st.alert.since, "removed",
                                   "removed from the inventory"))
@@ -112,7 +118,14 @@ class Alerting:
     def observe(self, node: NodeId, verdict: Verdict, detail: str, *, now: float
                 ) -> list[Transition]:
         """Account one probe result; return the alerts to publish (in order)."""
-        st = self.targets.setdefault(node, TargetState())
+        st = self.targets.get(node)
+        if st is None:
+            st = self.targets[node] = TargetState()
+        if st.last_verdict is None:
+            self._seen += 1
+        elif st.last_verdict == "fresh":
+            self._fresh -= 1
+        self._fresh += verdict == "fresh"
         st.last_verdict = verdict
         st.last_detail = detail
         out: list[Transition] = []
@@ -143,14 +156,14 @@ class Alerting:
         return out
 
     def _check_blind(self, now: float) -> list[Transition]:
-        seen = [s for s in self.targets.values() if s.last_verdict is not None]
-        any_fresh = any(s.last_verdict == "fresh" for s in seen)
-        if len(seen) >= 2 and not any_fresh and self.blind_since is None:
+        any_fresh = self._fresh > 0
+        if self._seen >= 2 and not any_fresh and self.blind_since is None:
             self.blind_since = now
             self.blind_id = f"self.prober.{self.instance}.{int(now * 1000)}"
-            kinds = sorted({str(s.last_verdict) for s in seen})
+            kinds = sorted({str(s.last_verdict) for s in self.targets.values()
+                            if s.last_verdict is not None})
             return [Transition("firing", None, self.blind_id, now, "blind",
-                               f"all {len(seen)} targets failing at once ({', '.join(kinds)})")]
+                               f"all {self._seen} targets failing at once ({', '.join(kinds)})")]
         if any_fresh and self.blind_since is not None:
             since, ident = self.blind_since, self.blind_id or ""
             self.blind_since = self.blind_id = None

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass
 
 import aiohttp
+from yarl import URL
 
 from services.prober.verdict import classify_error
 from shared.clock import Clock
@@ -51,32 +52,41 @@ def make_session(*, user_agent: str = "fleetwatch-prober") -> aiohttp.ClientSess
 
 
 async def fetch(
-    session: aiohttp.ClientSession, url: str, *, deadline: float, max_body: int, clock: Clock
+    session: aiohttp.ClientSession, url: str | URL, *, deadline: float, max_body: int,
+    clock: Clock,
 ) -> Answer:
     """GET ``url`` once within ``deadline`` seconds; never raises for network trouble."""
     start = clock.monotonic()
     try:
         async with asyncio.timeout(deadline):
             async with session.get(url, allow_redirects=False) as resp:
-                body = bytearray()
-                truncated = False
-                while True:
-                    chunk = await resp.content.read(_CHUNK)
-                    if not chunk:
-                        break
-                    body += chunk
-                    if len(body) > max_body:
-                        truncated = True
-                        del body[max_body:]
-                        break
+                length = resp.content_length
+                if length is not None:
+                    # announced size: refuse an oversized body unread, else read it in one go
+                    truncated = length > max_body
+                    body = b"" if truncated else await resp.read()
+                else:
+                    body, truncated = await _read_capped(resp, max_body)
                 headers = {k: resp.headers[k] for k in ("Content-Type", "Location")
                            if k in resp.headers}
                 status = resp.status
                 if truncated:
                     resp.close()  # drop the rest of a huge body instead of draining it
-        return Answer(status, headers, bytes(body), truncated, clock.monotonic() - start)
+        return Answer(status, headers, body, truncated, clock.monotonic() - start)
     except asyncio.CancelledError:
         raise
     except Exception as e:
         verdict, detail = classify_error(e)
         return Answer(None, {}, b"", False, clock.monotonic() - start, verdict, detail)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Read a body of unknown length up to ``limit`` bytes; say whether there was more."""
+    body = bytearray()
+    while True:
+        chunk = await resp.content.read(_CHUNK)
+        if not chunk:
+            return bytes(body), False
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True

@@ -17,6 +17,7 @@ from tests.integration.test_prober_support import (
     json200,
     refused_url,
     response,
+    unsized,
 )
 
 TIMEOUT = 0.8
@@ -72,3 +73,13 @@ async def test_each_probe_opens_a_new_connection() -> None:
         assert ep.connections == 3
     finally:
         await ep.stop()
+
+
+async def test_body_without_length_is_read_to_the_end_or_cut_at_the_limit() -> None:
+    """Without Content-Length a small body is judged; a 10 MB one is cut at the limit."""
+    async with endpoints({"small": unsized(), "big": unsized(10 * 1024 * 1024)}) as eps:
+        (small, _), (big, latency) = await asyncio.gather(probe(eps["small"].url),
+                                                          probe(eps["big"].url))
+    assert small.verdict == "fresh"
+    assert big.verdict == "bad_body" and "larger than" in big.detail
+    assert latency < TIMEOUT

@@ -96,6 +96,20 @@ def huge_body(size: int = 10 * 1024 * 1024) -> Behaviour:
     return run
 
 
+def unsized(body_size: int | None = None) -> Behaviour:
+    """HTTP/1.0 style: no Content-Length, the body ends when the connection closes."""
+
+    async def run(w: Writer) -> None:
+        body = fresh_body() if body_size is None else (
+            b'{"ok":true,"ts":%f,"pad":"' % time.time() + b"x" * body_size + b'"}')
+        w.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        for i in range(0, len(body), 65536):
+            w.write(body[i : i + 65536])
+            await w.drain()
+
+    return run
+
+
 async def never(w: Writer) -> None:
     """Accept, read the request, never answer."""
     await asyncio.Event().wait()

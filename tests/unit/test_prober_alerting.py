@@ -114,3 +114,21 @@ def test_firing_and_resolving_alternate(verdicts: list[Verdict]) -> None:
     al = with_healthy_peer()
     states = [t.state for t in feed(al, A, verdicts)]
     assert states == ["firing", "resolved"] * (len(states) // 2) + ["firing"] * (len(states) % 2)
+
+
+@given(st.lists(st.tuples(st.sampled_from([A, B, C]),
+                          st.sampled_from(["fresh", "timeout", "stale", "remove"])),
+                max_size=80))
+def test_blind_matches_its_definition(steps: list[tuple[NodeId, str]]) -> None:
+    """After any sequence, blind holds exactly as the rule says, with O(1) running counts."""
+    al = Alerting()
+    for i, (node, what) in enumerate(steps):
+        if what == "remove":
+            al.remove(node, now=float(i))
+        else:
+            al.observe(node, what, "", now=float(i))  # type: ignore[arg-type]
+        last = [s.last_verdict for s in al.targets.values() if s.last_verdict is not None]
+        if "fresh" in last:
+            assert not al.blind
+        elif len(last) >= 2:
+            assert al.blind
