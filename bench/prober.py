@@ -184,7 +184,7 @@ async def run_prober(urls: list[str], args: argparse.Namespace, nats_url: str
 
     from shared.subjects import Subjects
 
-    log = open(Path(args.tmp) / "prober.log", "ab")  # noqa: SIM115, ASYNC230
+    log = open(Path(args.tmp) / "prober.log", "ab")  # noqa: ASYNC230
     cmd = [sys.executable, "-m", "services.prober", "--nats", nats_url, "--prefix", "bench",
            "--interval", str(args.interval), "--timeout", str(min(2.0, args.interval * 0.8)),
            "--max-age", "30",
@@ -241,7 +241,7 @@ async def run_exporter(binary: str, urls: list[str], args: argparse.Namespace
         "      preferred_ip_protocol: ip4\n      ip_protocol_fallback: false\n"
         "      fail_if_body_not_matches_regexp: ['\"ts\":']\n")
     port = free_port()
-    log = open(Path(args.tmp) / "blackbox.log", "ab")  # noqa: SIM115, ASYNC230
+    log = open(Path(args.tmp) / "blackbox.log", "ab")  # noqa: ASYNC230
     proc = subprocess.Popen([binary, f"--config.file={cfg}",  # noqa: ASYNC220
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                             stdout=log, stderr=subprocess.STDOUT)
