@@ -9,6 +9,7 @@ through a queue drained by one publisher task that retries with the same ``Nats-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from services.prober.metrics import ProberMetrics
 from services.prober.schedule import next_slot, phase, slots_missed
 from services.prober.settings import ProberSettings
 from services.prober.verdict import Judgement, Rules, judge
-from shared.bootstrap import ensure_fleet, ensure_kv
+from shared.bootstrap import FleetStore, ensure_fleet, ensure_kv
 from shared.bus import guarded
 from shared.clock import Clock, SystemClock
 from shared.codec import decode_document, encode, encode_document
@@ -112,10 +113,9 @@ class Prober:
         """Set up JetStream pieces, restore open alerts, then probe until ``stop``."""
         js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT)
         self._js = js
-        store = await ensure_fleet(js, self.subjects)
-        self._state, _ = await ensure_kv(js, KeyValueConfig(
-            bucket=self.subjects.state_bucket("prober"), history=1, storage=StorageType.FILE))
-        await self._restore()
+        store = await self._setup(js, stop)
+        if store is None:
+            return
         self._session = make_session()
         runner = await self._serve_http()
         sub = await self.nc.subscribe(
@@ -147,6 +147,27 @@ class Prober:
             await sub.unsubscribe()
             await runner.cleanup()
             await self._session.close()
+
+    async def _setup(self, js: JetStreamContext, stop: asyncio.Event) -> FleetStore | None:
+        """Buckets, stream and restored alerts; retried while JetStream is not answering yet."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                store = await ensure_fleet(js, self.subjects)
+                self._state, _ = await ensure_kv(js, KeyValueConfig(
+                    bucket=self.subjects.state_bucket("prober"), history=1,
+                    storage=StorageType.FILE))
+                await self._restore()
+                return store
+            except Exception as e:
+                attempt += 1
+                self._count_error("setup")
+                log.warning("JetStream setup failed (%s: %s); retry %d", type(e).__name__, e,
+                            attempt)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(0.2 * attempt, 2.0)):
+                        await stop.wait()
+        return None
 
     async def _serve_http(self) -> web.AppRunner:
         from shared.metrics import bound_port, metrics_app, serve_http
