@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 
@@ -22,6 +23,8 @@ from shared.codec import encode
 from shared.models import Alert
 
 log = logging.getLogger(__name__)
+
+FLUSH_EVERY = 128
 
 
 def msg_id(alert: Alert) -> str:
@@ -77,23 +80,40 @@ class AlertPublisher:
         taken = self._take()
         if not taken:
             return False
-        results = await asyncio.gather(
-            *(self.js.publish(o.subject, o.data, timeout=self.timeout,
-                              headers={"Nats-Msg-Id": o.msg_id}) for o in taken),
-            return_exceptions=True,
-        )
+        # pipelined: every publish goes out before any ack is awaited (no task per message)
+        futures: list[asyncio.Future[Any] | Exception] = []
+        for i, o in enumerate(taken):
+            if i and i % FLUSH_EVERY == 0:
+                await asyncio.sleep(0)  # let the client's flusher put the first ones on the wire
+            try:
+                # no wait_stall: a batch never exceeds the client's in-flight limit, and a
+                # timeout here would cost a task per message
+                futures.append(await self.js.publish_async(
+                    o.subject, o.data, headers={"Nats-Msg-Id": o.msg_id}))
+            except Exception as e:
+                futures.append(e)
+        waiting = [f for f in futures if isinstance(f, asyncio.Future)]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=self.timeout)
+            for fut in late:
+                fut.cancel()
         failed: list[Outgoing] = []
-        for item, res in zip(taken, results, strict=True):
-            if isinstance(res, BaseException):
-                if isinstance(res, asyncio.CancelledError):
-                    raise res
+        for item, f in zip(taken, futures, strict=True):
+            err: BaseException | None
+            if not isinstance(f, asyncio.Future):
+                err = f
+            elif f.cancelled():
+                err = TimeoutError("no acknowledgement in time")
+            else:
+                err = f.exception()
+            if err is not None:
                 failed.append(item)
                 if self.on_error is not None:
-                    self.on_error(type(res).__name__)
+                    self.on_error(type(err).__name__)
                 log.warning("alert %s not acknowledged (%s: %s); will retry", item.msg_id,
-                            type(res).__name__, res)
-            elif self.on_published is not None:
-                self.on_published(item, bool(getattr(res, "duplicate", False)))
+                            type(err).__name__, err)
+            elif self.on_published is not None and isinstance(f, asyncio.Future):
+                self.on_published(item, bool(getattr(f.result(), "duplicate", False)))
         for _ in taken:
             self.queue.popleft()
         self.queue.extendleft(reversed(failed))

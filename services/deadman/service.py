@@ -368,12 +368,17 @@ class Deadman:
         self.sight.connected = True
 
     async def _saver(self, store: StateStore, stop: asyncio.Event) -> None:
-        """Save in batches: every ``persist_every``, or shortly after an alert transition."""
+        """Full saves every ``persist_every``; shortly after an alert transition, a small save of
+        the open episodes alone (so a kill -9 right after a page does not page again)."""
         tracker = self.tracker
         assert tracker is not None
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + self.settings.persist_every
         while not stop.is_set():
+            urgent = False
             try:
-                await asyncio.wait_for(self._save_soon.wait(), self.settings.persist_every)
+                await asyncio.wait_for(self._save_soon.wait(), max(0.0, next_full - loop.time()))
+                urgent = True
                 await asyncio.sleep(URGENT_SAVE)  # gather a burst of transitions into one save
             except TimeoutError:
                 pass
@@ -381,7 +386,12 @@ class Deadman:
             if stop.is_set():
                 return
             try:
-                await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
+                if urgent:
+                    await store.save_episodes(tracker, to_wall=self.to_wall,
+                                              wall_now=self.clock.wall())
+                else:
+                    next_full = loop.time() + self.settings.persist_every
+                    await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
             except Exception as e:
                 log.warning("state save failed (%s: %s); will retry", type(e).__name__, e)
 

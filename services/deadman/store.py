@@ -1,9 +1,12 @@
 """Persisting the deadman's state to its KV bucket, in batches, so a restart keeps its promises.
 
 The state is split into ``SHARDS`` keys (``shard.NN``) by a hash of the node key, plus one
-``meta`` key (when it was saved, by whom). Each save writes every shard whose bytes changed;
-nothing is written per heartbeat. Times are stored as wall clock (monotonic time means nothing
-to the next process) and converted back on load.
+``meta`` key (when it was saved, by whom) and one ``episodes`` key with every open alert. A full
+save (every ``--persist-every``) writes every shard whose bytes changed; an alert transition
+triggers a small save of ``episodes`` alone, soon after, so a kill -9 right after a page does
+not page again. Nothing is written per heartbeat. On load ``episodes`` overrides the shards.
+Times are stored as wall clock (monotonic time means nothing to the next process) and converted
+back on load.
 
 A shard value is a msgpack map ``SITE.NODE -> [last_seen, boot, seq, registered, token,
 episode]`` where ``episode`` is ``None`` or ``[id, kind, since, fired_at, notified, count,
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SHARDS = 64
 META = "meta"
+EPISODES = "episodes"
 FORMAT = 1
 CHUNK = 2000
 
@@ -57,6 +61,26 @@ def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, t
     return [rec_last, boot, seq, registered, token, ep]
 
 
+def episode_row(ep: Episode, to_wall: Callable[[float], float]) -> list[Any]:
+    """An open episode as stored (wall-clock times)."""
+    return [ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at), to_wall(ep.notified),
+            ep.count, ep.severity]
+
+
+def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float],
+                 wall_now: float) -> dict[str, Any]:
+    """Every open episode with enough of its node to restore it alone."""
+    rows = {}
+    for key in tracker.open:
+        rec = tracker.nodes.get(key)
+        if rec is None or rec.episode is None:
+            continue
+        last = None if rec.last_seen is None else to_wall(rec.last_seen)
+        rows[key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
+                         episode_row(rec.episode, to_wall))
+    return {"v": FORMAT, "saved_at": wall_now, "open": rows}
+
+
 def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[str, list[Any]]]:
     """The tracker's state as shard maps, times in wall clock."""
     shards: list[dict[str, list[Any]]] = [{} for _ in range(SHARDS)]
@@ -69,10 +93,7 @@ def add_rows(shards: list[dict[str, list[Any]]], items: list[tuple[str, Record]]
     """Put the rows of ``items`` into their shards."""
     for key, rec in items:
         ep = rec.episode
-        ep_row = None if ep is None else [
-            ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at),
-            to_wall(ep.notified), ep.count, ep.severity,
-        ]
+        ep_row = None if ep is None else episode_row(ep, to_wall)
         last = None if rec.last_seen is None else to_wall(rec.last_seen)
         shards[shard_of(key)][key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
                                           ep_row)
@@ -108,14 +129,22 @@ class StateStore:
             self._written[n] = digest
             written += 1
             await asyncio.sleep(0)  # let heartbeats in between shards
+        await self.save_episodes(tracker, to_wall=to_wall, wall_now=wall_now)
         meta = {"v": FORMAT, "saved_at": wall_now, "instance": self.instance}
         await self.kv.put(META, msgpack.packb(meta, use_bin_type=True))
         self.saves += 1
         return written
 
+    async def save_episodes(self, tracker: Tracker, *, to_wall: Callable[[float], float],
+                            wall_now: float) -> None:
+        """The small, urgent save: every open episode."""
+        doc = episodes_doc(tracker, to_wall, wall_now)
+        await self.kv.put(EPISODES, msgpack.packb(doc, use_bin_type=True))
+
     async def load(self, tracker: Tracker, *, to_mono: Callable[[float], float]) -> Loaded:
         """Restore every node found; unreadable shards or rows are counted and skipped."""
         out = Loaded()
+        episodes: Any = None
         try:
             keys = await self.kv.keys()
         except NoKeysError:
@@ -142,6 +171,9 @@ class StateStore:
                 by = obj.get("instance")
                 out.saved_by = by if isinstance(by, str) else None
                 continue
+            if key == EPISODES:
+                episodes = obj.get("open")
+                continue
             if not key.startswith("shard."):
                 continue
             for node_key, row in obj.items():
@@ -151,7 +183,40 @@ class StateStore:
                 except (TypeError, ValueError, IndexError) as e:
                     out.rejected["bad_row"] = out.rejected.get("bad_row", 0) + 1
                     log.warning("state: skipping %r: %s", node_key, e)
+        if isinstance(episodes, dict):
+            self._apply_episodes(tracker, episodes, to_mono, out)
         return out
+
+    def _apply_episodes(self, tracker: Tracker, rows: dict[Any, Any],
+                        to_mono: Callable[[float], float], out: Loaded) -> None:
+        """The episodes document is at least as new as any shard: it decides what is open."""
+        for old in tracker.nodes.values():
+            if old.episode is not None and old.key not in rows:
+                tracker.set_episode(old, None)
+        for node_key, row in rows.items():
+            try:
+                rec = tracker.nodes.get(node_key)
+                if rec is None:
+                    self._restore_row(tracker, node_key, row, to_mono)
+                    out.nodes += 1
+                else:
+                    tracker.set_episode(rec, self._episode(row[5], to_mono))
+            except (TypeError, ValueError, IndexError) as e:
+                out.rejected["bad_episode"] = out.rejected.get("bad_episode", 0) + 1
+                log.warning("state: skipping episode of %r: %s", node_key, e)
+
+    @staticmethod
+    def _episode(ep: Any, to_mono: Callable[[float], float]) -> Episode | None:
+        if ep is None:
+            return None
+        alert_id, kind, since, fired_at, notified, count, severity = ep
+        if kind not in ("silent", "never_seen"):
+            raise ValueError(f"unknown episode kind {kind!r}")
+        episode = Episode(alert_id=str(alert_id), kind=kind, since=to_mono(float(since)),
+                          fired_at=to_mono(float(fired_at)), count=int(count),
+                          severity=str(severity))
+        episode.notified = to_mono(float(notified))
+        return episode
 
     @staticmethod
     def _restore_row(tracker: Tracker, key: str, row: Any,
@@ -160,15 +225,7 @@ class StateStore:
 
         NodeId.from_key(key)  # raises InvalidNodeId (a ValueError) on junk
         last, boot, seq, registered, token, ep = row
-        episode = None
-        if ep is not None:
-            alert_id, kind, since, fired_at, notified, count, severity = ep
-            if kind not in ("silent", "never_seen"):
-                raise ValueError(f"unknown episode kind {kind!r}")
-            episode = Episode(alert_id=str(alert_id), kind=kind, since=to_mono(float(since)),
-                              fired_at=to_mono(float(fired_at)), count=int(count),
-                              severity=str(severity))
-            episode.notified = to_mono(float(notified))
+        episode = StateStore._episode(ep, to_mono)
         tracker.restore(
             key,
             last_seen=None if last is None else to_mono(float(last)),

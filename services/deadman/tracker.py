@@ -147,6 +147,7 @@ class Tracker:
         self._heap: list[tuple[float, str]] = []
         self._site_scan: dict[str, tuple[float, int]] = {}
         self._removed: dict[str, int] = {}  # key -> times it was removed from the inventory
+        self.open: set[str] = set()  # keys with an open episode (what an urgent save writes)
 
     # ---- the hot path -------------------------------------------------------------------
     def heartbeat(self, key: str, now: float, boot: str, seq: int, *, rev: int | None = None,
@@ -268,6 +269,7 @@ class Tracker:
                 site_ep.members.add(rec.key)
         rec.episode = Episode(alert_id=alert_id, kind=kind, since=since, fired_at=now,
                               severity=severity)
+        self.open.add(rec.key)
         if site_ep is not None:
             rec.episode.site_alert = site_ep.alert_id
         self._note_change(rec, now)
@@ -278,6 +280,7 @@ class Tracker:
         ep = rec.episode
         assert ep is not None
         rec.episode = None
+        self.open.discard(rec.key)
         self._note_change(rec, now)
         if ep.site_alert is not None:
             site = rec.key.partition(".")[0]
@@ -443,8 +446,20 @@ class Tracker:
         if old is not None:
             self.unregister(key, self.started)
         self._add(rec)
+        if episode is not None:
+            self.open.add(key)
         self._schedule(rec, self._due(rec))
         return rec
+
+    def set_episode(self, rec: Record, episode: Episode | None) -> None:
+        """Replace a restored node's episode (the episodes document is newer than shards)."""
+        rec.episode = episode
+        if episode is None:
+            self.open.discard(rec.key)
+        else:
+            self.open.add(rec.key)
+        if not rec.scheduled:
+            self._schedule(rec, self._due(rec))
 
     # ---- views --------------------------------------------------------------------------
     def state(self, rec: Record, now: float) -> NodeState:
