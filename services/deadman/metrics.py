@@ -4,11 +4,12 @@ hot path."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from services.deadman.tracker import Tracker
@@ -16,35 +17,72 @@ from services.deadman.tracker import Tracker
 SKEW_BUCKETS = (-60.0, -10.0, -2.0, -0.5, -0.1, 0.1, 0.5, 2.0, 10.0, 60.0)
 
 
+class HotCounters:
+    """Plain numbers the heartbeat callback bumps (no locks, no label lookups); exported as a
+    counter and a histogram at scrape time by ``HotCollector``."""
+
+    __slots__ = ("heartbeats", "skew_buckets", "skew_count", "skew_sum")
+
+    def __init__(self) -> None:
+        self.heartbeats = 0
+        self.skew_buckets = [0] * (len(SKEW_BUCKETS) + 1)
+        self.skew_count = 0
+        self.skew_sum = 0.0
+
+    def observe_skew(self, skew: float) -> None:
+        """Count one clock-skew sample."""
+        self.skew_buckets[bisect.bisect_left(SKEW_BUCKETS, skew)] += 1
+        self.skew_count += 1
+        self.skew_sum += skew
+
+
+class HotCollector(Collector):
+    """Exports ``HotCounters``."""
+
+    def __init__(self, hot: HotCounters) -> None:
+        self.hot = hot
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        hb = CounterMetricFamily("fleetwatch_deadman_heartbeats", "Valid heartbeats processed")
+        hb.add_metric([], self.hot.heartbeats)
+        yield hb
+        cumulative, buckets = 0, []
+        for bound, n in zip([*SKEW_BUCKETS, float("inf")], self.hot.skew_buckets, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        skew = HistogramMetricFamily(
+            "fleetwatch_deadman_clock_skew_seconds",
+            "Sender ts minus deadman receive time (wall clock), valid heartbeats")
+        skew.add_metric([], buckets, sum_value=self.hot.skew_sum)
+        yield skew
+
+
 @dataclass(frozen=True)
 class DeadmanMetrics:
     """Counters the service increments; the state gauges come from ``StateCollector``."""
 
-    heartbeats: Counter
     rejected: Counter
     alerts: Counter
-    skew: Histogram
     publish_errors: Counter
     handler_errors: Counter
+    hot: HotCounters
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DeadmanMetrics:
         """Register the series in ``registry``."""
         p = "fleetwatch_deadman"
+        hot = HotCounters()
+        registry.register(HotCollector(hot))
         return cls(
-            heartbeats=Counter(f"{p}_heartbeats", "Valid heartbeats processed",
-                               registry=registry),
             rejected=Counter(f"{p}_rejected", "Heartbeats rejected, by reason", ["reason"],
                              registry=registry),
             alerts=Counter(f"{p}_alerts", "Alert transitions queued, by kind and state",
                            ["kind", "state"], registry=registry),
-            skew=Histogram(f"{p}_clock_skew_seconds",
-                           "Sender ts minus deadman receive time (wall clock)",
-                           buckets=SKEW_BUCKETS, registry=registry),
             publish_errors=Counter(f"{p}_publish_errors", "Alert publishes not acknowledged",
                                    ["reason"], registry=registry),
             handler_errors=Counter(f"{p}_errors", "Unexpected handler failures, by reason",
                                    ["reason"], registry=registry),
+            hot=hot,
         )
 
 
