@@ -38,6 +38,17 @@ def next_slot(*, now: float, phase: float, interval: float) -> float:
     return slot
 
 
+def following_slot(*, previous: float | None, now: float, phase: float, interval: float
+                   ) -> float:
+    """The next slot to probe in: after ``now`` and always after the slot just used.
+
+    A timer may wake a hair early (the event loop rounds to the millisecond); without the
+    ``previous`` floor the same slot would be chosen again and the target probed twice.
+    """
+    floor = now if previous is None else max(now, previous)
+    return next_slot(now=floor, phase=phase, interval=interval)
+
+
 def slots_missed(*, due: float, now: float, interval: float) -> int:
     """How many whole slots went by after ``due`` without a probe (0 when on time)."""
     if now <= due:

@@ -30,7 +30,7 @@ from yarl import URL
 from services.prober.alerting import Alerting, OpenAlert, Transition
 from services.prober.client import Answer, fetch, make_session
 from services.prober.metrics import ProberMetrics
-from services.prober.schedule import next_slot, phase, slots_missed
+from services.prober.schedule import following_slot, phase, slots_missed
 from services.prober.settings import ProberSettings
 from services.prober.verdict import Judgement, Rules, judge
 from shared.bootstrap import FleetStore, ensure_fleet, ensure_kv
@@ -241,9 +241,10 @@ class Prober:
 
     async def _loop(self, t: Target) -> None:
         interval = self.settings.interval
+        due: float | None = None
         while True:
             wall = self.clock.wall()
-            due = next_slot(now=wall, phase=t.phase, interval=interval)
+            due = following_slot(previous=due, now=wall, phase=t.phase, interval=interval)
             await asyncio.sleep(due - wall)
             async with self._sem:
                 missed = slots_missed(due=due, now=self.clock.wall(), interval=interval)

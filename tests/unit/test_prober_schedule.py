@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.prober.schedule import next_slot, phase, slots_missed, stable_hash
+from services.prober.schedule import following_slot, next_slot, phase, slots_missed, stable_hash
 from shared.identity import NodeId
 
 parts = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)
@@ -56,3 +56,12 @@ def test_next_slot_is_the_first_slot_after_now(now: float, interval: float, frac
 def test_slots_missed(due: float, now: float, want: int) -> None:
     """Whole slots that went by after the due time are counted."""
     assert slots_missed(due=due, now=now, interval=1.0) == want
+
+
+def test_an_early_wake_does_not_probe_the_same_slot_twice() -> None:
+    """Woken 1 ms before its slot, the loop moves to the next slot, not the same one again."""
+    due = next_slot(now=100.0, phase=0.3, interval=5.0)
+    assert due == pytest.approx(100.3)
+    again = following_slot(previous=due, now=due - 0.001, phase=0.3, interval=5.0)
+    assert again == pytest.approx(105.3)
+    assert following_slot(previous=None, now=100.0, phase=0.3, interval=5.0) == due
