@@ -115,9 +115,13 @@ class Alerting:
     def blind(self) -> bool:
         return self.blind_since is not None
 
-    def observe(self, node: NodeId, verdict: Verdict, detail: str, *, now: float
-                ) -> list[Transition]:
-        """Account one probe result; return the alerts to publish (in order)."""
+    def observe(self, node: NodeId, verdict: Verdict, detail: str, *, now: float,
+                quiet: bool = False) -> list[Transition]:
+        """Account one probe result; return the alerts to publish (in order).
+
+        ``quiet`` (a maintenance window) counts the result but pages nothing; a target still
+        failing when the window ends pages on its next failure.
+        """
         st = self.targets.get(node)
         if st is None:
             st = self.targets[node] = TargetState()
@@ -144,7 +148,7 @@ class Alerting:
         if st.first_failure is None:
             st.first_failure = now
         out.extend(self._check_blind(now))
-        if st.alert is None and not self.blind and (
+        if st.alert is None and not self.blind and not quiet and (
             verdict in LIES or st.failing >= self.failure_threshold
         ):
             st.alert = OpenAlert(alert_id(node, st.first_failure), st.first_failure, verdict,

@@ -60,6 +60,7 @@ class Target:
     url: str
     phase: float
     from_flag: bool = False
+    maintenance_until: float | None = None  # wall time; no pages before it
     task: asyncio.Task[None] | None = None
     target_url: URL | None = None  # parsed once, not on every probe
     last: ProbeResult | None = None
@@ -191,16 +192,20 @@ class Prober:
             if current is not None:
                 self._remove(node)
             return
-        self._upsert(node, entry.health_url, from_flag=False)
+        self._upsert(node, entry.health_url, from_flag=False,
+                     maintenance_until=entry.maintenance_until)
 
-    def _upsert(self, node: NodeId, url: str, *, from_flag: bool) -> None:
+    def _upsert(self, node: NodeId, url: str, *, from_flag: bool,
+                maintenance_until: float | None = None) -> None:
         t = self.targets.get(node)
         if t is not None:
+            t.maintenance_until = maintenance_until
             if t.url != url:
                 log.info("target %s: url now %s", node, url)
                 t.url = url
             return
-        t = Target(node, url, phase(node, self.settings.interval), from_flag=from_flag)
+        t = Target(node, url, phase(node, self.settings.interval), from_flag=from_flag,
+                   maintenance_until=maintenance_until)
         self.targets[node] = t
         self.alerting.add(node)
         if self._tg is not None:
@@ -293,7 +298,9 @@ class Prober:
         self._results.append((self.subjects.probe(t.node), encode(result)))
         self._results_ready.set()
         if t.node in self.targets:
-            self._queue(self.alerting.observe(t.node, j.verdict, j.detail, now=now))
+            quiet = t.maintenance_until is not None and now < t.maintenance_until
+            self._queue(self.alerting.observe(t.node, j.verdict, j.detail, now=now,
+                                              quiet=quiet))
             m.blind.set(1 if self.alerting.blind else 0)
 
     async def _result_sender(self) -> None:
@@ -437,6 +444,8 @@ class Prober:
                 "latency": r.latency if r else None, "ts": r.ts if r else None,
                 "alert_id": st.alert.id if st and st.alert else None,
                 "failing": st.failing if st else 0,
+                "maintenance": t.maintenance_until is not None
+                and self.clock.wall() < t.maintenance_until,
             })
         return {"service": "prober", "instance": self.settings.instance,
                 "interval": self.settings.interval, "blind": self.alerting.blind,

@@ -267,6 +267,28 @@ async def test_inventory_targets_come_and_go_without_restart(
             assert len(res.messages) == n
 
 
+async def test_no_page_during_maintenance(
+    nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
+) -> None:
+    """A failing node in a maintenance window pages nothing; ending the window lets it page."""
+    sw = Switch("503")
+    async with endpoints({"n": sw.behaviour()}) as eps:
+        store = await ensure_fleet(nc.jetstream(), subjects)
+        entry = InventoryEntry(site="inv", node="m", health_url=eps["n"].url,
+                               maintenance_until=time.time() + 600)
+        await store.nodes.put("inv.m", entry.encode())
+        res = await Collector.on(nc, subjects.probe_all)
+        al = await Collector.on(nc, subjects.alert_all)
+        async with running(settings(nats_server.url, prefix, {}, **FAST)) as p:
+            await wait_for(lambda: len(res.messages) >= 5, timeout=5)
+            assert al.messages == []
+            assert p.status()["targets"][0]["maintenance"] is True
+            ended = entry.model_copy(update={"maintenance_until": None})
+            await store.nodes.put("inv.m", ended.encode())
+            await al.wait_count(1, timeout=5)
+            assert alerts(al)[0].state == "firing"
+
+
 async def test_status_request_answers_with_targets(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
 ) -> None:

@@ -132,3 +132,14 @@ def test_blind_matches_its_definition(steps: list[tuple[NodeId, str]]) -> None:
             assert not al.blind
         elif len(last) >= 2:
             assert al.blind
+
+
+def test_maintenance_pages_nothing_until_it_ends() -> None:
+    """Quiet results count but page nothing, lies included; the first loud failure pages."""
+    al = with_healthy_peer()
+    out: list[Transition] = []
+    for i, v in enumerate(["timeout", "timeout", "stale", "timeout"]):
+        out += al.observe(A, v, "", now=float(i), quiet=True)  # type: ignore[arg-type]
+    assert out == []
+    (page,) = al.observe(A, "timeout", "", now=10.0)
+    assert (page.state, page.since) == ("firing", 0.0)
