@@ -141,8 +141,14 @@ def judge(
     return Judgement("fresh", age, f"fresh, {_fmt(age)} old")
 
 
+_CUT_SHORT = frozenset({"ClientPayloadError", "ContentLengthError", "TransferEncodingError"})
+_MALFORMED = frozenset({"ClientResponseError", "BadStatusLine", "BadHttpMessage", "LineTooLong",
+                        "InvalidHeader", "BadHttpMethod"})
+
+
 def classify_error(exc: BaseException) -> tuple[Verdict, str]:
-    """Name a transport failure: ``timeout``, ``dns`` or ``refused`` (any other unreachability)."""
+    """Name a failure without a judgeable answer: ``timeout``, ``dns``, ``refused`` (any other
+    unreachability), ``http_error`` (not HTTP at all) or ``bad_body`` (body cut short)."""
     import socket
 
     seen: set[int] = set()
@@ -166,5 +172,14 @@ def classify_error(exc: BaseException) -> tuple[Verdict, str]:
     for e in chain:
         if isinstance(e, ConnectionRefusedError):
             return "refused", "connection refused"
+    # aiohttp's errors by name, so this module stays free of the HTTP library
+    names = {type(e).__name__ for e in chain}
+    first = f"{type(exc).__name__}: {exc}".strip()[:300]
+    if names & _CUT_SHORT:
+        return "bad_body", f"body cut short: {first}"
+    if names & _MALFORMED:
+        return "http_error", f"malformed HTTP response: {first}"
+    if "ServerDisconnectedError" in names:
+        return "refused", "the server closed the connection without an answer"
     text = f"{type(exc).__name__}: {exc}".strip()
     return "refused", f"connection failed: {text}"[:300]

@@ -10,6 +10,7 @@ from services.prober.verdict import Judgement, Rules, judge
 from shared.clock import SystemClock
 from tests.integration.test_prober_support import (
     Endpoint,
+    Writer,
     answer,
     case_behaviours,
     endpoints,
@@ -83,3 +84,19 @@ async def test_body_without_length_is_read_to_the_end_or_cut_at_the_limit() -> N
     assert small.verdict == "fresh"
     assert big.verdict == "bad_body" and "larger than" in big.detail
     assert latency < TIMEOUT
+
+
+async def test_broken_answers_are_named() -> None:
+    """Garbage instead of HTTP is http_error; a body cut short is bad_body; hang-up is refused."""
+    async def garbage(w: Writer) -> None:
+        w.write(b"garbage here\r\n\r\n")
+
+    async def cut_short(w: Writer) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ts\":")
+
+    async def hang_up(w: Writer) -> None:
+        return None
+
+    async with endpoints({"g": garbage, "c": cut_short, "h": hang_up}) as eps:
+        got = await asyncio.gather(*(probe(eps[k].url) for k in ("g", "c", "h")))
+    assert [j.verdict for j, _ in got] == ["http_error", "bad_body", "refused"]
