@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import CollectorRegistry
 
+from services.deadman.fastpath import FastHeartbeat, fast_heartbeat
 from services.deadman.metrics import DeadmanMetrics, StateCollector
 from services.deadman.publisher import AlertPublisher, Outgoing
 from services.deadman.settings import DeadmanSettings
@@ -184,13 +185,17 @@ class Deadman:
     async def _on_heartbeat(self, msg: Msg) -> None:
         now = self.clock.monotonic()
         key = msg.subject[self._hb_head:]
-        try:
-            hb = decode(Heartbeat, msg.data)
-        except DecodeError as e:
-            self.metrics.rejected.labels(e.reason).inc()
-            return
         tracker = self.tracker
         assert tracker is not None
+        hb: FastHeartbeat | Heartbeat | None = None
+        if key in tracker.nodes:  # a known key was validated when it was first seen
+            hb = fast_heartbeat(msg.data)
+        if hb is None:
+            try:
+                hb = decode(Heartbeat, msg.data)
+            except DecodeError as e:
+                self.metrics.rejected.labels(e.reason).inc()
+                return
         if f"{hb.site}.{hb.node}" != key:
             self.metrics.rejected.labels("wrong_subject").inc()
             return
