@@ -53,11 +53,11 @@ class ProberSettings(ServiceSettings):
         5.0, description="how far ahead of our clock a body timestamp may be (clock skew)"
     )
     ts_field: list[str] = Field(
-        default_factory=lambda: ["ts"],
+        ["ts"],
         description="body field(s) holding the timestamp, first present wins",
     )
     target: list[str] = Field(
-        default_factory=list, description="extra target SITE/NODE=URL besides the inventory"
+        [], description="extra target SITE/NODE=URL besides the inventory"
     )
     failure_threshold: int = Field(3, ge=1, description="consecutive failures before a page")
     success_threshold: int = Field(2, ge=1, description="consecutive fresh results to resolve")
@@ -68,7 +68,7 @@ class ProberSettings(ServiceSettings):
     resync: Duration = Field(60.0, description="full re-read of the inventory every so often")
     metrics_port: int = Field(9103, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address of the metrics/health endpoint")
-    instance: str = Field(default_factory=default_instance, description="this prober's name")
+    instance: str = Field("", description="this prober's name (empty: hostname-pid)")
 
     @field_validator("interval")
     @classmethod
@@ -105,7 +105,7 @@ class ProberSettings(ServiceSettings):
     @field_validator("instance")
     @classmethod
     def _instance(cls, value: str) -> str:
-        return check_part(value, "instance")
+        return check_part(value or default_instance(), "instance")
 
     def targets(self) -> dict[NodeId, str]:
         """The ``--target`` flags as a map (the last one for a node wins)."""
