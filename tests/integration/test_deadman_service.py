@@ -126,3 +126,23 @@ async def test_restart_contract_in_process(
     assert states == [("firing", first.id), ("resolved", first.id)]
     selfs = [a for _, a in alerts(col) if a.kind == "self"]
     assert len(selfs) == 1 and "restarted after a gap" in selfs[0].reason
+
+
+async def test_maintenance_from_the_inventory(
+    nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
+) -> None:
+    """A node in maintenance does not page; after the window ends it gets a full window first."""
+    fleet = await ensure_fleet(nc.jetstream(), subjects)
+    until = time.time() + 1.0
+    await fleet.nodes.put("dc1.m", InventoryEntry(site="dc1", node="m",
+                                                  maintenance_until=until).encode())
+    col = await Collector.on(nc, subjects.alert_all)
+    async with running(nats_server.url, prefix, startup_grace=0.0) as dm:
+        b = Beater(nc, subjects, "dc1/m")
+        await wait_for(lambda: dm.tracker is not None and "dc1.m" in dm.tracker.nodes)
+        await b.beat()
+        st = dm.status()
+        assert st["nodes"][0]["maintenance"] is True
+        await wait_for(lambda: alerts(col, "dc1/m"), timeout=6)
+        at_wall = time.time() - (time.monotonic() - alerts(col, "dc1/m")[0][0])
+        assert at_wall >= until + LIMIT - 0.05  # not before maintenance end + a full window
