@@ -32,14 +32,15 @@ class DeadmanSettings(ServiceSettings):
     metrics_port: int = Field(9102, ge=0, le=65535,
                               description="Prometheus /metrics and /healthz port (0 = any free)")
     metrics_host: str = Field("127.0.0.1", description="address the metrics endpoint binds")
-    instance: str = Field(default_factory=default_instance,
-                          description="this replica's name (letters, digits, _ and -)")
+    instance: str = Field("", description="this replica's name, letters, digits, _ and - "
+                                          "(empty = HOSTNAME-PID)")
     persist_every: Duration = Field(2.0, description="interval between state saves to KV")
     renotify: Duration = Field(1800.0, description="re-publish a still-firing alert this often "
                                                    "(0 = never)")
     canary_every: Duration = Field(1.0, description="interval of the canary round trip")
     blind_after: Duration = Field(
-        3.0, description="canary and ingest silent this long = blind (stop judging)")
+        3.0, description="no canary back through the broker for this long = blind (no node "
+                         "is judged until it can see again)")
     inventory_resync: Duration = Field(60.0, description="full inventory re-read interval")
     site_fraction: float = Field(0.55, gt=0, le=1, description=(
         "share of a site's nodes going down within one window that makes one site alert"))
@@ -53,6 +54,8 @@ class DeadmanSettings(ServiceSettings):
     @field_validator("instance")
     @classmethod
     def _instance(cls, value: str) -> str:
+        if not value:
+            return default_instance()
         if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is None:
             raise ValueError("must be 1-64 letters, digits, '_' or '-'")
         return value

@@ -10,7 +10,7 @@ back on load.
 
 A shard value is a msgpack map ``SITE.NODE -> [last_seen, boot, seq, registered, token,
 episode]`` where ``episode`` is ``None`` or ``[id, kind, since, fired_at, notified, count,
-severity]``.
+severity, site_alert]``. ``episodes`` also holds the open site alerts and their member nodes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import msgpack
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from services.deadman.tracker import Episode, Record, Tracker
+from services.deadman.tracker import Episode, Record, SiteEpisode, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, t
 def episode_row(ep: Episode, to_wall: Callable[[float], float]) -> list[Any]:
     """An open episode as stored (wall-clock times)."""
     return [ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at), to_wall(ep.notified),
-            ep.count, ep.severity]
+            ep.count, ep.severity, ep.site_alert]
 
 
 def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float],
@@ -78,7 +78,9 @@ def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float],
         last = None if rec.last_seen is None else to_wall(rec.last_seen)
         rows[key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
                          episode_row(rec.episode, to_wall))
-    return {"v": FORMAT, "saved_at": wall_now, "open": rows}
+    sites = {site: [ep.alert_id, to_wall(ep.since), to_wall(ep.fired_at), sorted(ep.members)]
+             for site, ep in tracker.site_alerts.items()}
+    return {"v": FORMAT, "saved_at": wall_now, "open": rows, "sites": sites}
 
 
 def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[str, list[Any]]]:
@@ -145,6 +147,7 @@ class StateStore:
         """Restore every node found; unreadable shards or rows are counted and skipped."""
         out = Loaded()
         episodes: Any = None
+        sites: Any = None
         try:
             keys = await self.kv.keys()
         except NoKeysError:
@@ -173,6 +176,7 @@ class StateStore:
                 continue
             if key == EPISODES:
                 episodes = obj.get("open")
+                sites = obj.get("sites")
                 continue
             if not key.startswith("shard."):
                 continue
@@ -185,6 +189,17 @@ class StateStore:
                     log.warning("state: skipping %r: %s", node_key, e)
         if isinstance(episodes, dict):
             self._apply_episodes(tracker, episodes, to_mono, out)
+        if isinstance(sites, dict):
+            for site, row in sites.items():
+                try:
+                    alert_id, since, fired_at, members = row
+                    site_ep = SiteEpisode(str(alert_id), to_mono(float(since)),
+                                          to_mono(float(fired_at)))
+                    site_ep.members = {str(m) for m in members if m in tracker.open}
+                    tracker.site_alerts[str(site)] = site_ep
+                except (TypeError, ValueError) as e:
+                    out.rejected["bad_site"] = out.rejected.get("bad_site", 0) + 1
+                    log.warning("state: skipping site alert of %r: %s", site, e)
         return out
 
     def _apply_episodes(self, tracker: Tracker, rows: dict[Any, Any],
@@ -209,13 +224,15 @@ class StateStore:
     def _episode(ep: Any, to_mono: Callable[[float], float]) -> Episode | None:
         if ep is None:
             return None
-        alert_id, kind, since, fired_at, notified, count, severity = ep
+        alert_id, kind, since, fired_at, notified, count, severity, *rest = ep
         if kind not in ("silent", "never_seen"):
             raise ValueError(f"unknown episode kind {kind!r}")
         episode = Episode(alert_id=str(alert_id), kind=kind, since=to_mono(float(since)),
                           fired_at=to_mono(float(fired_at)), count=int(count),
                           severity=str(severity))
         episode.notified = to_mono(float(notified))
+        if rest and isinstance(rest[0], str):
+            episode.site_alert = rest[0]
         return episode
 
     @staticmethod
