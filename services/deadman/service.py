@@ -218,6 +218,7 @@ class Deadman:
         # burst the timer task would starve, so judge inline when something is due, and let the
         # other tasks (the alert publisher) run every few hundred messages.
         if tracker.outbox or tracker.due_before(now):
+            self._judge_sight(now)  # after a stall the backlog comes first: are we behind?
             for t in tracker.advance(now):
                 self._emit(t)
         self._burst += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -197,3 +198,31 @@ async def test_partitioned_site_pages_once(
     assert {a.site for a in nodes} == {"dc1"}
     resolves = [a for _, a in alerts(col) if a.kind == "silent" and a.state == "resolved"]
     assert len(resolves) == 50 and {a.id for a in resolves} == {a.id for a in nodes}
+
+
+async def test_frozen_deadman_judges_nobody_for_the_stall(
+    nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str, tmp_path: Path
+) -> None:
+    """SIGSTOP the deadman longer than window+pending while a node keeps beating: after SIGCONT
+    its backlog makes it blind first (canary late), so the live node never pages."""
+    col = await Collector.on(nc, subjects.alert_all)
+    proc = start(nats_server.url, prefix, tmp_path / "dm.log", "0", "--blind-after", "1")
+    alive = Beater(nc, subjects, "dc1/alive")
+    stop = asyncio.Event()
+    bg = asyncio.create_task(alive.keep_beating(stop))
+    try:
+        await ready(nc, subjects, proc)
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(2.5)
+        proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: any(a.kind == "self" and a.state == "resolved"
+                                   for _, a in alerts(col)), timeout=10)
+        await asyncio.sleep(2.0)  # past a full window after sight returned
+    finally:
+        stop.set()
+        await bg
+        stop_all(proc)
+    assert alerts(col, "dc1/alive") == [], (tmp_path / "dm.log").read_text()
+    assert [(a.kind, a.state) for _, a in alerts(col)] == [("self", "firing"),
+                                                            ("self", "resolved")]
