@@ -93,7 +93,12 @@ async def connect(
             metrics.errors.labels(_reason(exc)).inc()
         quiet.warn(exc)
 
+    client: list[NATS] = []
+
     async def disconnected_cb() -> None:
+        if client and (client[0].is_closed or client[0].is_draining):
+            log.debug("nats %s: disconnected on close", name)
+            return
         if metrics is not None:
             metrics.disconnects.inc()
             metrics.connected.set(0)
@@ -135,6 +140,7 @@ async def connect(
         closed_cb=closed_cb,
         **options,
     )
+    client.append(nc)
     if metrics is not None:
         metrics.connected.set(1)
     return nc
