@@ -100,3 +100,11 @@ async def test_broken_answers_are_named() -> None:
     async with endpoints({"g": garbage, "c": cut_short, "h": hang_up}) as eps:
         got = await asyncio.gather(*(probe(eps[k].url) for k in ("g", "c", "h")))
     assert [j.verdict for j, _ in got] == ["http_error", "bad_body", "refused"]
+
+
+async def test_a_host_name_takes_the_general_connect_path() -> None:
+    """A name (localhost, from /etc/hosts) connects too; one IP literal uses the direct path."""
+    async with endpoints({"n": json200(fresh_body)}) as eps:
+        by_name, _ = await probe(eps["n"].url.replace("127.0.0.1", "localhost"))
+        by_ip, _ = await probe(eps["n"].url)
+    assert (by_name.verdict, by_ip.verdict) == ("fresh", "fresh")
