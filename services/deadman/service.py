@@ -26,7 +26,7 @@ from services.deadman.settings import DeadmanSettings
 from services.deadman.store import StateStore
 from services.deadman.tracker import Judgement, Record, Tracker, Transition
 from shared.bootstrap import ensure_fleet, ensure_kv
-from shared.bus import connect, guarded
+from shared.bus import backoff_delay, connect, guarded
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
 from shared.errors import DecodeError
@@ -117,9 +117,22 @@ class Deadman:
                                     on_reconnect=self._on_reconnect)
         nc = self.nc
         js = nc.jetstream(timeout=5)
-        fleet = await ensure_fleet(js, self.subjects)
-        kv, _ = await ensure_kv(js, KeyValueConfig(
-            bucket=self.subjects.state_bucket(SERVICE), history=1, storage=StorageType.FILE))
+        attempt = 0
+        while True:  # JetStream may not be ready yet (a broker that is still starting)
+            try:
+                fleet = await ensure_fleet(js, self.subjects)
+                kv, _ = await ensure_kv(js, KeyValueConfig(
+                    bucket=self.subjects.state_bucket(SERVICE), history=1,
+                    storage=StorageType.FILE))
+                break
+            except Exception as e:
+                attempt += 1
+                log.warning("JetStream not ready (%s: %s); retrying", type(e).__name__, e)
+                try:
+                    await asyncio.wait_for(stop.wait(), backoff_delay(attempt))
+                    return
+                except TimeoutError:
+                    pass
         now = self.clock.monotonic()
         tracker = Tracker(window=s.window, pending=s.pending, grace=s.grace,
                           renotify=s.renotify, now=now, judgement=Judgement(
@@ -308,9 +321,13 @@ class Deadman:
         while not stop.is_set():
             now = self.clock.monotonic()
             self._wall_offset = self.clock.wall() - now
-            self._judge_sight(now)
-            for t in tracker.advance(now):
-                self._emit(t)
+            try:
+                self._judge_sight(now)
+                for t in tracker.advance(now):
+                    self._emit(t)
+            except Exception as e:  # a bug here must not stop the judging of everyone else
+                self._handler_error(type(e).__name__.lower())
+                log.exception("timer step failed")
             nd = tracker.next_deadline()
             delay = 0.1 if nd is None else min(0.1, max(0.0, nd - now) + 0.001)
             try:
@@ -433,7 +450,10 @@ class Deadman:
             if rec.registered and key not in known:
                 t = tracker.unregister(key, now)
                 if t is not None:
-                    self._emit(t)
+                    try:
+                        self._emit(t)
+                    except Exception:
+                        log.exception("could not close the alert of removed node %s", key)
 
     # ---- views --------------------------------------------------------------------------
     def node_view(self, rec: Record, now: float) -> dict[str, Any]:
