@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -19,12 +18,15 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import CollectorRegistry
 
+from services.deadman.alerts import Alerts
 from services.deadman.fastpath import FastHeartbeat, fast_heartbeat
 from services.deadman.metrics import DeadmanMetrics, StateCollector
 from services.deadman.publisher import AlertPublisher, Outgoing
 from services.deadman.settings import DeadmanSettings
+from services.deadman.sight import Sight
 from services.deadman.store import StateStore
-from services.deadman.tracker import Judgement, Record, Tracker, Transition
+from services.deadman.tracker import Judgement, Tracker, Transition
+from services.deadman.views import STATUS_LIMIT, nodes_view, parse_request
 from shared.bootstrap import ensure_fleet, ensure_kv
 from shared.bus import backoff_delay, connect, guarded
 from shared.clock import Clock, SystemClock
@@ -33,7 +35,7 @@ from shared.errors import DecodeError
 from shared.identity import NodeId
 from shared.inventory import InventoryEntry, InventoryView
 from shared.metrics import BusMetrics, bound_port, metrics_app, serve_http
-from shared.models import Alert, Heartbeat
+from shared.models import Heartbeat
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -42,19 +44,8 @@ SERVICE = "deadman"
 MAX_SKEW = 300.0
 """A heartbeat whose sender clock is further than this from ours is not a sign of life: a
 far-future (or replayed, far-past) ``ts`` must not keep a node green."""
-STATUS_LIMIT = 2000  # keeps the reply well under the 1 MiB default max_payload
 URGENT_SAVE = 0.05
 YIELD_EVERY = 64
-
-
-@dataclass
-class Sight:
-    """What the deadman knows about its own ability to see."""
-
-    connected: bool = True
-    last_ingest: float | None = None  # monotonic time of the last valid heartbeat
-    last_canary: float | None = None  # monotonic time the last canary came back
-    canary_rtt: float | None = None
 
 
 class Deadman:
@@ -76,6 +67,7 @@ class Deadman:
         self.metrics_url = ""
         self.started_wall = self.clock.wall()
         self.publisher: AlertPublisher | None = None
+        self.alerts: Alerts | None = None
         self._hb_head = len(self.subjects.prefix) + len(".hb.")
         self._save_soon = asyncio.Event()
         self._blind_id: str | None = None
@@ -113,8 +105,8 @@ class Deadman:
             self.nc = await connect(s.nats, name=f"deadman-{s.instance}",
                                     metrics=self.bus_metrics,
                                     ping_interval=min(10.0, max(1.0, s.window / 2)),
-                                    on_disconnect=self._on_disconnect,
-                                    on_reconnect=self._on_reconnect)
+                                    on_disconnect=self.sight.on_disconnect,
+                                    on_reconnect=self.sight.on_reconnect)
         nc = self.nc
         js = nc.jetstream(timeout=5)
         attempt = 0
@@ -145,11 +137,14 @@ class Deadman:
         self.sight.last_canary = self.clock.monotonic()
         self.publisher = AlertPublisher(js, on_published=self._published,
                                         on_error=self._publish_error)
+        self.alerts = Alerts(publisher=self.publisher, subjects=self.subjects,
+                             instance=s.instance, clock=self.clock, metrics=self.metrics,
+                             to_wall=self.to_wall, on_transition=self._save_soon.set)
         if loaded.saved_at is not None and (
                 self.clock.wall() - loaded.saved_at > 2 * s.persist_every):
             # a save older than two intervals means nobody was watching meanwhile (a replica
             # that kept saving is no gap)
-            self._restarted(loaded.saved_at, loaded.nodes)
+            self.alerts.restarted(loaded.saved_at, loaded.nodes)
 
         subs = [
             await nc.subscribe(self.subjects.hb_all, cb=guarded(
@@ -173,7 +168,9 @@ class Deadman:
                 tg.create_task(view.run(stop))
                 tg.create_task(self._reconcile_after_sync(view, stop))
                 tg.create_task(self._timer(stop))
-                tg.create_task(self._canary(stop))
+                tg.create_task(self.sight.send_canaries(
+                    nc, self.subjects.inbox_canary(SERVICE, s.instance), clock=self.clock,
+                    every=s.canary_every, stop=stop))
                 tg.create_task(self._saver(store, stop))
                 await nc.flush()
                 self.ready.set()
@@ -244,67 +241,8 @@ class Deadman:
 
     # ---- alerts -------------------------------------------------------------------------
     def _emit(self, t: Transition) -> None:
-        if t.kind == "site":
-            self._emit_site(t)
-            return
-        if t.kind == "self":
-            self._self_alert(alert_id=t.alert_id, state=t.state, severity=t.severity,
-                             since=max(0.0, self.to_wall(t.since)), reason=t.reason,
-                             summary=f"deadman {self.settings.instance}: {t.reason}")
-            return
-        assert self.publisher is not None
-        site, _, node = t.key.partition(".")
-        wall_now = self.clock.wall()
-        last_seen = None if t.last_seen is None else self.to_wall(t.last_seen)
-        who = f"{site}/{node}"
-        if t.state == "resolved":
-            summary = (f"{who} was removed from the inventory" if t.reason == "removed"
-                       else f"{who} is heartbeating again")
-        elif t.kind == "never_seen":
-            summary = f"{who} has never sent a heartbeat"
-        else:
-            summary = f"{who} has been silent for {t.at - (t.last_seen or t.at):.1f}s"
-        alert = Alert(id=t.alert_id, kind=t.kind, state=t.state, severity=t.severity,  # type: ignore[arg-type]
-                      site=site, node=node, ts=wall_now, since=max(0.0, self.to_wall(t.since)),
-                      last_seen=last_seen, reason=t.reason, summary=summary, count=t.count,
-                      source=f"deadman/{self.settings.instance}")
-        self.publisher.submit(self.subjects.alert_silent(NodeId(site, node)), alert)
-        self.metrics.alerts.labels(t.kind, t.state).inc()
-        self._save_soon.set()
-        log.info("alert %s %s %s (%s)", t.kind, t.state, who, t.reason)
-
-    def _emit_site(self, t: Transition) -> None:
-        assert self.publisher is not None
-        alert = Alert(id=t.alert_id, kind="site", state=t.state, severity=t.severity,  # type: ignore[arg-type]
-                      site=t.key, node=None, ts=self.clock.wall(),
-                      since=max(0.0, self.to_wall(t.since)), last_seen=None, reason=t.reason,
-                      summary=(f"site {t.key}: {t.reason}" if t.state == "firing"
-                               else f"site {t.key} is back"),
-                      count=t.count, source=f"deadman/{self.settings.instance}")
-        self.publisher.submit(self.subjects.alert_site(t.key), alert)
-        self.metrics.alerts.labels("site", t.state).inc()
-        self._save_soon.set()
-        log.warning("site alert %s %s: %s", t.state, t.key, t.reason)
-
-    def _self_alert(self, *, alert_id: str, state: str, severity: str, since: float,
-                    reason: str, summary: str, count: int = 1) -> None:
-        assert self.publisher is not None
-        alert = Alert(id=alert_id, kind="self", state=state, severity=severity,  # type: ignore[arg-type]
-                      site=None, node=None, ts=self.clock.wall(), since=since, last_seen=None,
-                      reason=reason, summary=summary, count=count,
-                      source=f"deadman/{self.settings.instance}")
-        self.publisher.submit(self.subjects.alert_self(SERVICE, self.settings.instance), alert)
-        self.metrics.alerts.labels("self", state).inc()
-        log.warning("self alert %s: %s", state, summary)
-
-    def _restarted(self, saved_at: float, nodes: int) -> None:
-        gap = max(0.0, self.clock.wall() - saved_at)
-        self._self_alert(
-            alert_id=f"self.deadman.{self.settings.instance}.restart.{int(saved_at * 1000)}",
-            state="firing", severity="info", since=saved_at,
-            reason=f"restarted after a gap of {gap:.1f}s",
-            summary=f"deadman {self.settings.instance} restarted after a gap of {gap:.1f}s "
-                    f"and restored {nodes} nodes")
+        assert self.alerts is not None
+        self.alerts.emit(t)
 
     def _published(self, item: Outgoing, duplicate: bool) -> None:
         if duplicate:
@@ -340,57 +278,31 @@ class Deadman:
         assert tracker is not None
         # Only the canary counts here: it queues behind the heartbeats in our own socket, so a
         # backlog (ingest fell behind) delays it too, while heartbeats keep arriving "fresh".
-        evidence = self.sight.last_canary or 0.0
-        blind = (not self.sight.connected) or now - evidence > self.settings.blind_after
+        blind = self.sight.blind(now, self.settings.blind_after)
         if blind == tracker.blind:
             return
+        alerts = self.alerts
+        assert alerts is not None
         tracker.set_blind(blind, now)
         if blind:
             self._blind_count += 1
             self._blind_id = (f"self.deadman.{self.settings.instance}.blind."
                               f"{int(self.clock.wall() * 1000)}")
-            why = "lost its NATS connection" if not self.sight.connected else (
-                f"got no canary back through the broker for {now - evidence:.1f}s")
-            self._self_alert(alert_id=self._blind_id, state="firing", severity="page",
-                             since=self.to_wall(now), reason="blind",
-                             summary=f"deadman {self.settings.instance} is blind: it {why}; "
-                                     "no node is judged until it can see again")
+            why = self.sight.why(now)
+            alerts.self_alert(alert_id=self._blind_id, state="firing", severity="page",
+                              since=self.to_wall(now), reason="blind",
+                              summary=f"deadman {self.settings.instance} is blind: it {why}; "
+                                      "no node is judged until it can see again")
         else:
             since = tracker.blind_since if tracker.blind_since is not None else now
-            self._self_alert(alert_id=self._blind_id or "self.deadman.blind", state="resolved",
-                             severity="page", since=self.to_wall(since), reason="can see again",
-                             summary=f"deadman {self.settings.instance} can see again; every "
-                                     "node gets a full window from now")
-
-    async def _canary(self, stop: asyncio.Event) -> None:
-        """Send ourselves a message through the broker every ``canary_every``."""
-        assert self.nc is not None
-        subject = self.subjects.inbox_canary(SERVICE, self.settings.instance)
-        while not stop.is_set():
-            if self.nc.is_connected:
-                try:
-                    await self.nc.publish(subject, repr(self.clock.monotonic()).encode())
-                except Exception as e:
-                    log.debug("canary publish failed: %s", e)
-            try:
-                await asyncio.wait_for(stop.wait(), self.settings.canary_every)
-            except TimeoutError:
-                pass
+            alerts.self_alert(alert_id=self._blind_id or "self.deadman.blind",
+                              state="resolved", severity="page", since=self.to_wall(since),
+                              reason="can see again",
+                              summary=f"deadman {self.settings.instance} can see again; every "
+                                      "node gets a full window from now")
 
     async def _on_canary(self, msg: Msg) -> None:
-        now = self.clock.monotonic()
-        try:
-            sent = float(msg.data.decode())
-        except ValueError:
-            return
-        self.sight.canary_rtt = max(0.0, now - sent)
-        self.sight.last_canary = now
-
-    async def _on_disconnect(self) -> None:
-        self.sight.connected = False
-
-    async def _on_reconnect(self) -> None:
-        self.sight.connected = True
+        self.sight.on_canary(msg.data, self.clock.monotonic())
 
     async def _saver(self, store: StateStore, stop: asyncio.Event) -> None:
         """Full saves every ``persist_every``; shortly after an alert transition, a small save of
@@ -456,46 +368,17 @@ class Deadman:
                         log.exception("could not close the alert of removed node %s", key)
 
     # ---- views --------------------------------------------------------------------------
-    def node_view(self, rec: Record, now: float) -> dict[str, Any]:
-        """One node as the status reply shows it."""
-        tracker = self.tracker
-        assert tracker is not None
-        site, _, node = rec.key.partition(".")
-        state = tracker.state(rec, now)
-        ep = rec.episode
-        since: float | None = None
-        if ep is not None:
-            since = self.to_wall(ep.since)
-        elif rec.last_seen is not None and state in ("late", "down"):
-            since = self.to_wall(rec.last_seen + tracker.window)
-        return {
-            "site": site, "node": node, "state": state, "registered": rec.registered,
-            "last_seen": None if rec.last_seen is None else self.to_wall(rec.last_seen),
-            "since": since, "alert_id": None if ep is None else ep.alert_id,
-            "rev": rec.rev, "pid": rec.pid, "host": rec.host, "boot": rec.boot,
-            "maintenance": rec.maintenance is not None and rec.maintenance > now,
-            "flapping": tracker.flapping(rec, now),
-            "severity": None if ep is None else ep.severity,
-        }
-
     def status(self, *, limit: int = STATUS_LIMIT, site: str | None = None) -> dict[str, Any]:
         """The reply to a status request."""
         tracker = self.tracker
         assert tracker is not None
         now = self.clock.monotonic()
-        if site is None and limit == 0:
-            keys: list[str] = []
-            total = len(tracker.nodes)
-        else:
-            keys = sorted(k for k in tracker.nodes
-                          if site is None or k.partition(".")[0] == site)
-            total = len(keys)
-        nodes = [self.node_view(tracker.nodes[k], now) for k in keys[:limit]]
+        nodes, total = nodes_view(tracker, now, self.to_wall, limit=limit, site=site)
         return {
             "service": SERVICE, "instance": self.settings.instance,
             "blind": tracker.blind or tracker.suspect is not None,
             "suspect": tracker.suspect is not None,
-            "site_alerts": {site: ep.alert_id for site, ep in tracker.site_alerts.items()},
+            "site_alerts": {s: ep.alert_id for s, ep in tracker.site_alerts.items()},
             "window": tracker.window, "pending": tracker.pending, "grace": tracker.grace,
             "started": self.started_wall, "metrics_url": self.metrics_url,
             "counts": tracker.counts(now), "total": total, "truncated": total > limit,
@@ -504,20 +387,9 @@ class Deadman:
         }
 
     async def _on_status(self, msg: Msg) -> None:
-        if not msg.reply:
-            return
-        limit, site = STATUS_LIMIT, None
-        if msg.data.strip():
-            try:
-                req = json.loads(msg.data)
-                if isinstance(req, dict):
-                    if isinstance(req.get("limit"), int) and not isinstance(req["limit"], bool):
-                        limit = max(0, req["limit"])
-                    if isinstance(req.get("site"), str):
-                        site = req["site"]
-            except ValueError:
-                pass
-        await msg.respond(json.dumps(self.status(limit=limit, site=site)).encode())
+        if msg.reply:
+            limit, site = parse_request(msg.data)
+            await msg.respond(json.dumps(self.status(limit=limit, site=site)).encode())
 
     async def _healthz(self, _: web.Request) -> web.Response:
         """Healthy while it can see: a canary or heartbeat came back recently (computed now)."""

@@ -69,6 +69,11 @@ class DeadmanSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _grace(self) -> DeadmanSettings:
+        if self.blind_after <= self.canary_every:
+            raise ValueError(
+                f"--blind-after ({self.blind_after:g}s) must be longer than --canary-every "
+                f"({self.canary_every:g}s), or the deadman would call itself blind between "
+                "two canaries")
         if self.startup_grace is None:
             object.__setattr__(self, "startup_grace", self.window + self.pending)
         return self

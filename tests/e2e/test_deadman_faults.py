@@ -206,7 +206,7 @@ async def test_frozen_deadman_judges_nobody_for_the_stall(
     """SIGSTOP the deadman longer than window+pending while a node keeps beating: after SIGCONT
     its backlog makes it blind first (canary late), so the live node never pages."""
     col = await Collector.on(nc, subjects.alert_all)
-    proc = start(nats_server.url, prefix, tmp_path / "dm.log", "0", "--blind-after", "1")
+    proc = start(nats_server.url, prefix, tmp_path / "dm.log", "0", "--blind-after", "1.5")
     alive = Beater(nc, subjects, "dc1/alive")
     stop = asyncio.Event()
     bg = asyncio.create_task(alive.keep_beating(stop))
