@@ -330,11 +330,8 @@ def main() -> None:
     ap.add_argument("--populate-rate", type=float, default=30_000.0)
     ap.add_argument("--sustain", type=float, default=60_000.0, help="paced rate for the lag")
     args = ap.parse_args()
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+    from shared.runtime import run as runner  # uvloop when available, like the services
+
     if args.role == "publisher":
         runner(publisher(args.url, args.nodes, args.rounds, args.period, args.silence,
                          args.silence_after, args.rate))

@@ -10,8 +10,8 @@ from shared.clock import FakeClock
 W, P = 1.0, 0.5
 
 
-def make(clock: FakeClock, **kw: float) -> Tracker:
-    return Tracker(window=W, pending=P, grace=kw.pop("grace", 0.0), now=clock.monotonic(), **kw)
+def make(clock: FakeClock, *, grace: float = 0.0, renotify: float = 0.0) -> Tracker:
+    return Tracker(window=W, pending=P, grace=grace, renotify=renotify, now=clock.monotonic())
 
 
 def run_to(
