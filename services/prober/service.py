@@ -2,8 +2,8 @@
 results on ``PREFIX.probe.SITE.NODE``, alerts through JetStream, open alerts in KV, and a status
 reply for ``fleetwatch status``.
 
-Probing never waits on NATS: results are core publishes (buffered by the client), and alerts go
-through a queue drained by one publisher task that retries with the same ``Nats-Msg-Id``.
+Probing never waits on NATS: results are core publishes gathered over at most 50 ms, and alerts
+go through ``Outbox``, a queue drained by one task that retries with the same ``Nats-Msg-Id``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,22 +22,21 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from services.prober.alerting import Alerting, OpenAlert, Transition
+from services.prober.alerting import Alerting, Transition
 from services.prober.client import Answer, fetch, make_session
 from services.prober.metrics import ProberMetrics
+from services.prober.outbox import PUBLISH_TIMEOUT, Outbox, build_alert, restore_open_alerts
 from services.prober.schedule import following_slot, phase, slots_missed
 from services.prober.settings import ProberSettings
 from services.prober.verdict import Judgement, Rules, judge
 from shared.bootstrap import FleetStore, ensure_fleet, ensure_kv
 from shared.bus import guarded
 from shared.clock import Clock, SystemClock
-from shared.codec import decode_document, encode, encode_document
-from shared.errors import DecodeError, InvalidNodeId
+from shared.codec import encode
 from shared.identity import NodeId
 from shared.inventory import InventoryEntry, InventoryView
 from shared.models import Alert, ProbeResult
@@ -45,8 +44,6 @@ from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-SELF_KEY = "self"
-PUBLISH_TIMEOUT = 2.0
 RESULT_BATCH = 0.05
 """Results wait at most this long so one socket write carries many (a write per result cost
 about as much CPU as the rest of the probe's bookkeeping together)."""
@@ -63,16 +60,10 @@ class Target:
     maintenance_until: float | None = None  # wall time; no pages before it
     task: asyncio.Task[None] | None = None
     target_url: URL | None = None  # parsed once, not on every probe
+    success: Any = None  # this target's metric children, looked up once
+    body_age: Any = None
     last: ProbeResult | None = None
     last_mono: float | None = None
-
-
-@dataclass
-class _Outbox:
-    """Alerts waiting for JetStream, in order."""
-
-    queue: asyncio.Queue[Transition] = field(default_factory=asyncio.Queue)
-    pending: int = 0
 
 
 class Prober:
@@ -95,7 +86,7 @@ class Prober:
         self.targets: dict[NodeId, Target] = {}
         self.metrics_url: str | None = None
         self.ready = asyncio.Event()
-        self._outbox = _Outbox()
+        self._outbox: Outbox | None = None
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._tg: asyncio.TaskGroup | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -103,6 +94,7 @@ class Prober:
         self._state: KeyValue | None = None
         self._last_fresh: dict[NodeId, float] = {}
         self._results: list[tuple[str, bytes]] = []
+        self._verdict_counters: dict[str, Any] = {}
         self._results_ready = asyncio.Event()
         self._started = self.clock.monotonic()
         self.metrics.timeout.set(settings.timeout)
@@ -130,7 +122,7 @@ class Prober:
                 for node, url in self.settings.targets().items():
                     self._upsert(node, url, from_flag=True)
                 inventory = tg.create_task(view.run(stop))
-                publisher = tg.create_task(self._publisher(stop))
+                publisher = tg.create_task(self._outbox_or_fail().run())
                 results = tg.create_task(self._result_sender())
                 tg.create_task(self._close_removed_after_sync(view, stop))
                 self.ready.set()
@@ -139,7 +131,7 @@ class Prober:
                     if t.task is not None:
                         t.task.cancel()
                 inventory.cancel()
-                await self._flush_outbox(deadline=PUBLISH_TIMEOUT * 2)
+                await self._outbox_or_fail().flush(deadline=PUBLISH_TIMEOUT * 2)
                 publisher.cancel()
                 results.cancel()
                 await self._send_results()
@@ -158,7 +150,11 @@ class Prober:
                 self._state, _ = await ensure_kv(js, KeyValueConfig(
                     bucket=self.subjects.state_bucket("prober"), history=1,
                     storage=StorageType.FILE))
-                await self._restore()
+                assert self._state is not None
+                await restore_open_alerts(self._state, self.alerting, self._count_error)
+                self._outbox = Outbox(js=js, state=self._state, metrics=self.metrics,
+                                      describe=self._describe,
+                                      before_publish=self._send_results)
                 return store
             except Exception as e:
                 attempt += 1
@@ -266,6 +262,11 @@ class Prober:
                 self._count_error(type(e).__name__.lower())
                 log.exception("target %s: recording a probe failed", t.node)
 
+    def _outbox_or_fail(self) -> Outbox:
+        if self._outbox is None:
+            raise RuntimeError("prober outbox not started")
+        return self._outbox
+
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("prober session not started")
@@ -289,10 +290,16 @@ class Prober:
                              latency=max(answer.latency, 0.0), detail=j.detail[:4096])
         t.last, t.last_mono = result, self.clock.monotonic()
         m = self.metrics
-        m.verdicts.labels(j.verdict).inc()
+        counter = self._verdict_counters.get(j.verdict)
+        if counter is None:
+            counter = self._verdict_counters[j.verdict] = m.verdicts.labels(j.verdict)
+        counter.inc()
         m.duration.observe(answer.latency)
-        m.success.labels(t.node.site, t.node.node).set(1 if j.ok else 0)
-        m.body_age.labels(t.node.site, t.node.node).set(age if age is not None else math.nan)
+        if t.success is None:
+            t.success = m.success.labels(t.node.site, t.node.node)
+            t.body_age = m.body_age.labels(t.node.site, t.node.node)
+        t.success.set(1 if j.ok else 0)
+        t.body_age.set(age if age is not None else math.nan)
         if j.ok:
             self._last_fresh[t.node] = now
         self._results.append((self.subjects.probe(t.node), encode(result)))
@@ -323,110 +330,15 @@ class Prober:
     # ---- alerts ----------------------------------------------------------------------------
 
     def _queue(self, transitions: list[Transition]) -> None:
-        for tr in transitions:
-            self._outbox.pending += 1
-            self._outbox.queue.put_nowait(tr)
-            what = "prober itself" if tr.node is None else str(tr.node)
-            log.warning("alert %s %s: %s (%s)", tr.state, what, tr.verdict, tr.reason)
+        if transitions and self._outbox is not None:
+            self._outbox.put(transitions)
 
-    def _alert(self, tr: Transition) -> tuple[str, Alert]:
-        now = self.clock.wall()
-        if tr.node is None:
-            subject = self.subjects.alert_self("prober", self.settings.instance)
-            summary = (f"prober {self.settings.instance} is blind: {tr.reason}"
-                       if tr.state == "firing" else
-                       f"prober {self.settings.instance} sees again: {tr.reason}")
-            alert = Alert(id=tr.alert_id, kind="self", state=tr.state, severity="page",
-                          site=None, node=None, ts=now, since=tr.since, last_seen=None,
-                          reason="blind" if tr.state == "firing" else "recovered",
-                          summary=summary, source=f"prober/{self.settings.instance}")
-            return subject, alert
-        node = tr.node
-        url = self.targets[node].url if node in self.targets else "its health URL"
-        summary = (f"{node} probe {tr.verdict}: {tr.reason} ({url})"
-                   if tr.state == "firing" else f"{node} probe resolved: {tr.reason}")
-        alert = Alert(id=tr.alert_id, kind="probe", state=tr.state, severity="page",
-                      site=node.site, node=node.node, ts=now, since=tr.since,
-                      last_seen=self._last_fresh.get(node), reason=tr.verdict,
-                      summary=summary[:4096], source=f"prober/{self.settings.instance}")
-        return self.subjects.alert_probe(node), alert
-
-    async def _publisher(self, stop: asyncio.Event) -> None:
-        """Drain the outbox in order; persist, then publish, retrying until it is stored."""
-        while True:
-            tr = await self._outbox.queue.get()
-            try:
-                await self._deliver(tr, stop)
-            finally:
-                self._outbox.pending -= 1
-                self._outbox.queue.task_done()
-
-    async def _deliver(self, tr: Transition, stop: asyncio.Event) -> None:
-        subject, alert = self._alert(tr)
-        key = SELF_KEY if tr.node is None else tr.node.key
-        headers = {"Nats-Msg-Id": f"{tr.alert_id}:{tr.state}"}
-        payload = encode(alert)
-        attempt = 0
-        while True:
-            try:
-                await self._persist(key, tr)
-                await self._send_results()  # the result that caused an alert goes out first
-                assert self._js is not None
-                await self._js.publish(subject, payload, timeout=PUBLISH_TIMEOUT,
-                                       headers=headers)
-                self.metrics.alerts.labels(alert.kind, alert.state).inc()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                attempt += 1
-                self.metrics.publish_retries.labels(type(e).__name__.lower()).inc()
-                log.warning("alert %s %s not stored yet (%s: %s); retry %d", tr.alert_id,
-                            tr.state, type(e).__name__, e, attempt)
-                await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
-
-    async def _persist(self, key: str, tr: Transition) -> None:
-        assert self._state is not None
-        if tr.state == "firing":
-            doc = OpenAlert(tr.alert_id, tr.since, tr.verdict, tr.reason[:1000]).to_doc()
-            await self._state.put(key, encode_document(doc))
-        else:
-            try:
-                await self._state.delete(key)
-            except KeyNotFoundError:
-                pass
-
-    async def _flush_outbox(self, *, deadline: float) -> None:
-        """On shutdown, give queued alerts a short chance to reach JetStream."""
-        try:
-            async with asyncio.timeout(deadline):
-                await self._outbox.queue.join()
-        except TimeoutError:
-            log.warning("%d alert(s) not stored before shutdown", self._outbox.pending)
-
-    async def _restore(self) -> None:
-        """Reload alerts that were open when the previous run stopped."""
-        assert self._state is not None
-        try:
-            keys = await self._state.keys()
-        except NoKeysError:
-            return
-        for key in keys:
-            try:
-                entry = await self._state.get(key)
-                if entry.value is None:
-                    continue
-                alert = OpenAlert.from_doc(decode_document(entry.value, what=f"state {key}"))
-                if key == SELF_KEY:
-                    self.alerting.blind_since, self.alerting.blind_id = alert.since, alert.id
-                else:
-                    self.alerting.restore(NodeId.from_key(key), alert)
-                log.info("restored open alert %s (%s)", alert.id, key)
-            except KeyNotFoundError:
-                continue
-            except (DecodeError, InvalidNodeId, ValueError) as e:
-                self._count_error("bad_state")
-                log.warning("state %s ignored: %s", key, e)
+    def _describe(self, tr: Transition) -> tuple[str, Alert]:
+        t = self.targets.get(tr.node) if tr.node is not None else None
+        last_fresh = self._last_fresh.get(tr.node) if tr.node is not None else None
+        return build_alert(tr, subjects=self.subjects, instance=self.settings.instance,
+                           now=self.clock.wall(), url=t.url if t else None,
+                           last_fresh=last_fresh)
 
     # ---- status and health -----------------------------------------------------------------
 
@@ -471,7 +383,8 @@ class Prober:
                     "instance": self.settings.instance, "connected": connected,
                     "targets": len(self.targets),
                     "last_probe_age": None if latest is None else mono - latest,
-                    "blind": self.alerting.blind, "alerts_pending": self._outbox.pending}
+                    "blind": self.alerting.blind,
+                    "alerts_pending": self._outbox.pending if self._outbox else 0}
 
     async def _healthz(self, _: web.Request) -> web.Response:
         ok, body = self.health()

@@ -143,3 +143,26 @@ def test_maintenance_pages_nothing_until_it_ends() -> None:
     assert out == []
     (page,) = al.observe(A, "timeout", "", now=10.0)
     assert (page.state, page.since) == ("firing", 0.0)
+
+
+def test_alert_messages_for_node_and_self() -> None:
+    """A node transition becomes a probe Alert on its subject; a blind one a self Alert."""
+    from services.prober.outbox import build_alert
+    from shared.subjects import Subjects
+
+    subjects = Subjects("fleet")
+    node_tr = Transition("firing", A, "probe.s.a.1", 5.0, "stale", "body is 99s old")
+    subject, alert = build_alert(node_tr, subjects=subjects, instance="p1", now=9.0,
+                                 url="http://127.0.0.1:1/h", last_fresh=4.0)
+    assert subject == "fleet.alert.probe.s.a"
+    assert (alert.kind, alert.state, alert.severity, alert.reason) == (
+        "probe", "firing", "page", "stale")
+    assert (alert.site, alert.node, alert.since, alert.last_seen, alert.ts) == (
+        "s", "a", 5.0, 4.0, 9.0)
+    assert "http://127.0.0.1:1/h" in alert.summary
+    self_tr = Transition("resolved", None, "self.prober.p1.1", 5.0, "fresh", "back")
+    subject, alert = build_alert(self_tr, subjects=subjects, instance="p1", now=9.0,
+                                 url=None, last_fresh=None)
+    assert subject == "fleet.alert.self.prober.p1"
+    assert (alert.kind, alert.state, alert.node, alert.reason) == (
+        "self", "resolved", None, "recovered")

@@ -1,0 +1,153 @@
+"""Alerts on their way to JetStream, and the open ones kept in KV across restarts.
+
+One task drains the queue in order, so probing never waits on the broker. For each transition
+it first writes the state (a firing alert is put under its node's key, a resolve deletes it),
+then publishes with ``Nats-Msg-Id`` = alert id + state; a timeout or an outage is retried with
+the same id, so the stream stores each transition once even when a retried publish had landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from services.prober.alerting import Alerting, OpenAlert, Transition
+from services.prober.metrics import ProberMetrics
+from shared.codec import decode_document, encode, encode_document
+from shared.errors import DecodeError, InvalidNodeId
+from shared.identity import NodeId
+from shared.models import Alert
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+SELF_KEY = "self"
+PUBLISH_TIMEOUT = 2.0
+
+
+def build_alert(tr: Transition, *, subjects: Subjects, instance: str, now: float,
+                url: str | None, last_fresh: float | None) -> tuple[str, Alert]:
+    """The subject and Alert message of one transition (pure)."""
+    source = f"prober/{instance}"
+    if tr.node is None:
+        firing = tr.state == "firing"
+        summary = (f"prober {instance} is blind: {tr.reason}" if firing
+                   else f"prober {instance} sees again: {tr.reason}")
+        alert = Alert(id=tr.alert_id, kind="self", state=tr.state, severity="page", site=None,
+                      node=None, ts=now, since=tr.since, last_seen=None,
+                      reason="blind" if firing else "recovered", summary=summary,
+                      source=source)
+        return subjects.alert_self("prober", instance), alert
+    node = tr.node
+    summary = (f"{node} probe {tr.verdict}: {tr.reason} ({url or 'its health URL'})"
+               if tr.state == "firing" else f"{node} probe resolved: {tr.reason}")
+    alert = Alert(id=tr.alert_id, kind="probe", state=tr.state, severity="page",
+                  site=node.site, node=node.node, ts=now, since=tr.since, last_seen=last_fresh,
+                  reason=tr.verdict, summary=summary[:4096], source=source)
+    return subjects.alert_probe(node), alert
+
+
+class Outbox:
+    """The ordered queue of alert transitions and the task that stores them."""
+
+    def __init__(self, *, js: JetStreamContext, state: KeyValue, metrics: ProberMetrics,
+                 describe: Callable[[Transition], tuple[str, Alert]],
+                 before_publish: Callable[[], Awaitable[None]]) -> None:
+        self.js = js
+        self.state = state
+        self.metrics = metrics
+        self.describe = describe
+        self.before_publish = before_publish
+        self.pending = 0
+        self._queue: asyncio.Queue[Transition] = asyncio.Queue()
+
+    def put(self, transitions: list[Transition]) -> None:
+        """Queue transitions (never blocks)."""
+        for tr in transitions:
+            self.pending += 1
+            self._queue.put_nowait(tr)
+            what = "prober itself" if tr.node is None else str(tr.node)
+            log.warning("alert %s %s: %s (%s)", tr.state, what, tr.verdict, tr.reason)
+
+    async def run(self) -> None:
+        """Deliver queued transitions in order, forever."""
+        while True:
+            tr = await self._queue.get()
+            try:
+                await self._deliver(tr)
+            finally:
+                self.pending -= 1
+                self._queue.task_done()
+
+    async def flush(self, *, deadline: float) -> None:
+        """On shutdown, give queued alerts a short chance to reach JetStream."""
+        try:
+            async with asyncio.timeout(deadline):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("%d alert(s) not stored before shutdown", self.pending)
+
+    async def _deliver(self, tr: Transition) -> None:
+        subject, alert = self.describe(tr)
+        key = SELF_KEY if tr.node is None else tr.node.key
+        headers = {"Nats-Msg-Id": f"{tr.alert_id}:{tr.state}"}
+        payload = encode(alert)
+        attempt = 0
+        while True:
+            try:
+                await self._persist(key, tr)
+                await self.before_publish()
+                await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+                self.metrics.alerts.labels(alert.kind, alert.state).inc()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                attempt += 1
+                self.metrics.publish_retries.labels(type(e).__name__.lower()).inc()
+                log.warning("alert %s %s not stored yet (%s: %s); retry %d", tr.alert_id,
+                            tr.state, type(e).__name__, e, attempt)
+                await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
+
+    async def _persist(self, key: str, tr: Transition) -> None:
+        if tr.state == "firing":
+            doc = OpenAlert(tr.alert_id, tr.since, tr.verdict, tr.reason[:1000]).to_doc()
+            await self.state.put(key, encode_document(doc))
+        else:
+            try:
+                await self.state.delete(key)
+            except KeyNotFoundError:
+                pass
+
+
+async def restore_open_alerts(state: KeyValue, alerting: Alerting,
+                              on_bad: Callable[[str], None]) -> int:
+    """Reload alerts that were open when the previous run stopped; return how many."""
+    try:
+        keys = await state.keys()
+    except NoKeysError:
+        return 0
+    restored = 0
+    for key in keys:
+        try:
+            entry = await state.get(key)
+            if entry.value is None:
+                continue
+            alert = OpenAlert.from_doc(decode_document(entry.value, what=f"state {key}"))
+            if key == SELF_KEY:
+                alerting.blind_since, alerting.blind_id = alert.since, alert.id
+            else:
+                alerting.restore(NodeId.from_key(key), alert)
+            restored += 1
+            log.info("restored open alert %s (%s)", alert.id, key)
+        except KeyNotFoundError:
+            continue
+        except (DecodeError, InvalidNodeId, ValueError) as e:
+            on_bad("bad_state")
+            log.warning("state %s ignored: %s", key, e)
+    return restored
