@@ -10,7 +10,7 @@ import sys
 from prometheus_client import CollectorRegistry
 
 from services.prober.metrics import ProberMetrics
-from services.prober.service import Prober
+from services.prober.service import ListenError, Prober
 from services.prober.settings import ProberSettings
 from shared.bus import connect
 from shared.runtime import run, setup_logging, stop_on_signals
@@ -46,6 +46,9 @@ async def serve(settings: ProberSettings) -> int:
                  settings.instance, settings.interval, settings.max_age, settings.timeout,
                  settings.nats)
         await prober.run(stop)
+    except ListenError as e:
+        log.error("%s", e)
+        return 1
     finally:
         try:
             await nc.drain()

@@ -49,6 +49,10 @@ RESULT_BATCH = 0.05
 about as much CPU as the rest of the probe's bookkeeping together)."""
 
 
+class ListenError(OSError):
+    """The metrics/health endpoint could not listen (port taken, bad address)."""
+
+
 @dataclass
 class Target:
     """One URL to probe, what it came from, and the last thing it said."""
@@ -109,8 +113,8 @@ class Prober:
         store = await self._setup(js, stop)
         if store is None:
             return
-        self._session = make_session()
         runner = await self._serve_http()
+        self._session = make_session()
         sub = await self.nc.subscribe(
             self.subjects.service_status("prober"),
             cb=guarded(self._on_status, what="status request", on_error=self._count_error))
@@ -170,9 +174,12 @@ class Prober:
         from shared.metrics import bound_port, metrics_app, serve_http
 
         app = metrics_app(self.registry, self._healthz)
-        runner = await serve_http(app, host=self.settings.metrics_host,
-                                  port=self.settings.metrics_port)
-        host = self.settings.metrics_host
+        host, port = self.settings.metrics_host, self.settings.metrics_port
+        try:
+            runner = await serve_http(app, host=host, port=port)
+        except OSError as e:
+            raise ListenError(f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
+                              "(choose another --metrics-port, or 0 for a free one)") from None
         shown = f"[{host}]" if ":" in host else host
         self.metrics_url = f"http://{shown}:{bound_port(runner)}/metrics"
         log.info("prober %s: metrics at %s", self.settings.instance, self.metrics_url)

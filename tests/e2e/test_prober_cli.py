@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -16,8 +17,8 @@ from shared.models import Alert, ProbeResult
 from shared.server import EmbeddedServer
 from shared.subjects import Subjects
 from tests.harness import Collector, run_cli, spawn_cli, wait_for
-from tests.integration.test_prober_support import endpoints, fresh_body, json200
 from tests.integration.test_prober_service import Switch
+from tests.integration.test_prober_support import endpoints, fresh_body, json200
 
 
 def fast_args(url: str, prefix: str, *targets: str) -> list[str]:
@@ -99,3 +100,36 @@ async def test_open_alert_survives_kill_9(
             assert await stop(second) == 0
         states = [(a.state, a.id) for a in (decode(Alert, m.data) for _, m in al.messages)]
         assert states == [("firing", fired.id), ("resolved", fired.id)]
+
+
+async def test_taken_metrics_port_exits_1_naming_it(
+    nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    """A metrics port already in use stops the prober with status 1 and a line naming it."""
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = fast_args(nats_server.url, prefix)
+        args[args.index("--metrics-port") + 1] = str(port)
+        out = await asyncio.to_thread(run_cli, *args)
+    assert out.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
+
+
+async def test_sigterm_while_nats_is_unreachable_exits_0(tmp_path: Path) -> None:
+    """A prober still waiting for its broker stops promptly and cleanly on SIGTERM."""
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    log = tmp_path / "prober.log"
+    proc = spawn_cli("prober", "--nats", f"nats://127.0.0.1:{dead}", "--metrics-port", "0",
+                     log=log)
+    try:
+        await wait_for(lambda: "nats prober" in log.read_text(), timeout=15,
+                       what="a failed connect attempt in the log")
+    finally:
+        code = await stop(proc)
+    assert code == 0, log.read_text()[-2000:]
