@@ -106,7 +106,6 @@ async def test_taken_metrics_port_exits_1_naming_it(
     nats_server: EmbeddedServer, prefix: str, tmp_path: Path
 ) -> None:
     """A metrics port already in use stops the prober with status 1 and a line naming it."""
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -120,7 +119,6 @@ async def test_taken_metrics_port_exits_1_naming_it(
 
 async def test_sigterm_while_nats_is_unreachable_exits_0(tmp_path: Path) -> None:
     """A prober still waiting for its broker stops promptly and cleanly on SIGTERM."""
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
