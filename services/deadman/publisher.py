@@ -65,6 +65,11 @@ class AlertPublisher:
                                    alert.state))
         self._wake.set()
 
+    def resubmit(self, items: list[Outgoing]) -> None:
+        """Queue already-encoded alerts (from a previous run) ahead of anything new."""
+        self.queue.extendleft(reversed(items))
+        self._wake.set()
+
     def _take(self) -> list[Outgoing]:
         taken: list[Outgoing] = []
         ids: set[str] = set()

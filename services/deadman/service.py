@@ -131,12 +131,17 @@ class Deadman:
                               site_fraction=s.site_fraction, site_min=s.site_min,
                               flap_changes=s.flap_changes, flap_period=s.flap_period,
                               flap_good=s.flap_good))
-        store = StateStore(kv, instance=s.instance)
+        self.publisher = AlertPublisher(js, on_published=self._published,
+                                        on_error=self._publish_error)
+        publisher = self.publisher
+        store = StateStore(kv, instance=s.instance, outbox=lambda: list(publisher.queue))
         loaded = await store.load(tracker, to_mono=self.to_mono)
         self.tracker = tracker
         self.sight.last_canary = self.clock.monotonic()
-        self.publisher = AlertPublisher(js, on_published=self._published,
-                                        on_error=self._publish_error)
+        if loaded.outbox:
+            log.warning("publishing %d alerts a previous run queued but never got acknowledged",
+                        len(loaded.outbox))
+            publisher.resubmit(loaded.outbox)
         self.alerts = Alerts(publisher=self.publisher, subjects=self.subjects,
                              instance=s.instance, clock=self.clock, metrics=self.metrics,
                              to_wall=self.to_wall, on_transition=self._save_soon.set)

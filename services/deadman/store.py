@@ -4,7 +4,9 @@ The state is split into ``SHARDS`` keys (``shard.NN``) by a hash of the node key
 ``meta`` key (when it was saved, by whom) and one ``episodes`` key with every open alert. A full
 save (every ``--persist-every``) writes every shard whose bytes changed; an alert transition
 triggers a small save of ``episodes`` alone, soon after, so a kill -9 right after a page does
-not page again. Nothing is written per heartbeat. On load ``episodes`` overrides the shards.
+not page again; it also holds the alerts the broker has not acknowledged yet, which the next
+start publishes again (same ``Nats-Msg-Id``), so an alert queued during a broker outage
+survives a restart. Nothing is written per heartbeat. On load ``episodes`` overrides the shards.
 Times are stored as wall clock (monotonic time means nothing to the next process) and converted
 back on load.
 
@@ -26,6 +28,7 @@ import msgpack
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
+from services.deadman.publisher import Outgoing
 from services.deadman.tracker import Episode, Record, SiteEpisode, Tracker
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class Loaded:
     saved_by: str | None = None
     nodes: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    outbox: list[Outgoing] = field(default_factory=list)  # alerts never acknowledged
 
 
 def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, token: str,
@@ -67,9 +71,10 @@ def episode_row(ep: Episode, to_wall: Callable[[float], float]) -> list[Any]:
             ep.count, ep.severity, ep.site_alert]
 
 
-def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float],
-                 wall_now: float) -> dict[str, Any]:
-    """Every open episode with enough of its node to restore it alone."""
+def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float], wall_now: float,
+                 outbox: list[Outgoing] | None = None) -> dict[str, Any]:
+    """Every open episode with enough of its node to restore it alone, and the alerts not yet
+    acknowledged by the broker (republished at start, same Nats-Msg-Id)."""
     rows = {}
     for key in tracker.open:
         rec = tracker.nodes.get(key)
@@ -80,7 +85,8 @@ def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float],
                          episode_row(rec.episode, to_wall))
     sites = {site: [ep.alert_id, to_wall(ep.since), to_wall(ep.fired_at), sorted(ep.members)]
              for site, ep in tracker.site_alerts.items()}
-    return {"v": FORMAT, "saved_at": wall_now, "open": rows, "sites": sites}
+    queued = [[o.subject, o.data, o.msg_id, o.alert_id, o.kind, o.state] for o in outbox or ()]
+    return {"v": FORMAT, "saved_at": wall_now, "open": rows, "sites": sites, "outbox": queued}
 
 
 def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[str, list[Any]]]:
@@ -104,9 +110,11 @@ def add_rows(shards: list[dict[str, list[Any]]], items: list[tuple[str, Record]]
 class StateStore:
     """Batched saves to and a load from the deadman's KV bucket."""
 
-    def __init__(self, kv: KeyValue, *, instance: str) -> None:
+    def __init__(self, kv: KeyValue, *, instance: str,
+                 outbox: Callable[[], list[Outgoing]] | None = None) -> None:
         self.kv = kv
         self.instance = instance
+        self.outbox = outbox
         self._written: dict[int, int] = {}  # shard -> hash of the bytes last written
         self.saves = 0
 
@@ -140,7 +148,8 @@ class StateStore:
     async def save_episodes(self, tracker: Tracker, *, to_wall: Callable[[float], float],
                             wall_now: float) -> None:
         """The small, urgent save: every open episode."""
-        doc = episodes_doc(tracker, to_wall, wall_now)
+        doc = episodes_doc(tracker, to_wall, wall_now,
+                           self.outbox() if self.outbox is not None else None)
         await self.kv.put(EPISODES, msgpack.packb(doc, use_bin_type=True))
 
     async def load(self, tracker: Tracker, *, to_mono: Callable[[float], float]) -> Loaded:
@@ -177,6 +186,7 @@ class StateStore:
             if key == EPISODES:
                 episodes = obj.get("open")
                 sites = obj.get("sites")
+                out.outbox = self._outbox(obj.get("outbox"), out)
                 continue
             if not key.startswith("shard."):
                 continue
@@ -219,6 +229,21 @@ class StateStore:
             except (TypeError, ValueError, IndexError) as e:
                 out.rejected["bad_episode"] = out.rejected.get("bad_episode", 0) + 1
                 log.warning("state: skipping episode of %r: %s", node_key, e)
+
+    @staticmethod
+    def _outbox(rows: Any, out: Loaded) -> list[Outgoing]:
+        items: list[Outgoing] = []
+        for row in rows if isinstance(rows, list) else ():
+            try:
+                subject, data, mid, alert_id, kind, state = row
+                if not (isinstance(subject, str) and isinstance(data, bytes)):
+                    raise TypeError("subject must be text and data bytes")
+                items.append(Outgoing(subject, data, str(mid), str(alert_id), str(kind),
+                                      str(state)))
+            except (TypeError, ValueError) as e:
+                out.rejected["bad_outbox"] = out.rejected.get("bad_outbox", 0) + 1
+                log.warning("state: skipping a queued alert: %s", e)
+        return items
 
     @staticmethod
     def _episode(ep: Any, to_mono: Callable[[float], float]) -> Episode | None:
