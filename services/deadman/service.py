@@ -219,7 +219,12 @@ class Deadman:
             self.metrics.rejected.labels("future_ts" if skew > 0 else "stale_ts").inc()
             return
         rec = tracker.nodes.get(key)
-        if rec is not None and rec.boot == hb.boot and hb.seq <= rec.seq:
+        if rec is None:
+            if tracker.unregistered >= self.settings.max_unregistered:
+                # a flood of made-up node names must not exhaust memory
+                self.metrics.rejected.labels("too_many_unregistered").inc()
+                return
+        elif rec.boot == hb.boot and hb.seq <= rec.seq:
             self.metrics.rejected.labels("replayed").inc()
             return
         hot = self.hot

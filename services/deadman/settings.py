@@ -42,6 +42,9 @@ class DeadmanSettings(ServiceSettings):
         3.0, description="no canary back through the broker for this long = blind (no node "
                          "is judged until it can see again)")
     inventory_resync: Duration = Field(60.0, description="full inventory re-read interval")
+    max_unregistered: int = Field(
+        250_000, ge=0, description="most nodes tracked without an inventory entry (a flood of "
+                                   "made-up names is rejected beyond it)")
     site_fraction: float = Field(0.55, gt=0, le=1, description=(
         "share of a site's nodes going down within one window that makes one site alert"))
     site_min: int = Field(3, ge=1, description="... and at least this many nodes")

@@ -58,6 +58,7 @@ class Tracker:
         self._site_scan: dict[str, tuple[float, int]] = {}
         self._removed: dict[str, int] = {}  # key -> times it was removed from the inventory
         self.open: set[str] = set()  # keys with an open episode (what an urgent save writes)
+        self.unregistered = 0  # nodes tracked only because they heartbeat (not in inventory)
 
     # ---- the hot path -------------------------------------------------------------------
     def heartbeat(self, key: str, now: float, boot: str, seq: int, *, rev: int | None = None,
@@ -278,6 +279,8 @@ class Tracker:
 
     # ---- inventory ----------------------------------------------------------------------
     def _add(self, rec: Record) -> Record:
+        if not rec.registered:
+            self.unregistered += 1
         self.nodes[rec.key] = rec
         self.sites.setdefault(rec.key.partition(".")[0], []).append(rec)
         return rec
@@ -294,6 +297,7 @@ class Tracker:
         else:
             if not rec.registered:
                 rec.registered = True
+                self.unregistered -= 1
             if not rec.token:
                 rec.token = token
         self.set_maintenance(rec, maintenance, now)
@@ -316,6 +320,8 @@ class Tracker:
         rec = self.nodes.pop(key, None)
         if rec is None:
             return None
+        if not rec.registered:
+            self.unregistered -= 1
         recs = self.sites.get(key.partition(".")[0])
         if recs is not None:
             recs.remove(rec)

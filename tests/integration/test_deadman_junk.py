@@ -114,3 +114,21 @@ async def test_junk_never_keeps_a_silent_node_green(
         # every junk message was refused (a few generated ones may be valid for node x)
         assert rejected >= len(junk) - 5
         assert dm.tracker is not None and dm.tracker.nodes["dc1.victim"].seq == 1
+
+
+async def test_flood_of_made_up_nodes_is_capped(
+    nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
+) -> None:
+    """Valid heartbeats for ever-new names stop being tracked past --max-unregistered."""
+    async with running(nats_server.url, prefix, max_unregistered=3) as dm:
+        for i in range(5):
+            await Beater(nc, subjects, f"dc1/fake{i}").beat()
+
+        def rejected() -> float:
+            return sum(s.value for m in dm.registry.collect()
+                       if m.name == "fleetwatch_deadman_rejected" for s in m.samples
+                       if s.labels.get("reason") == "too_many_unregistered"
+                       and s.name.endswith("_total"))
+
+        await wait_for(lambda: rejected() == 2, timeout=5)
+        assert dm.tracker is not None and len(dm.tracker.nodes) == 3

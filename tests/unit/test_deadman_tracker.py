@@ -222,3 +222,18 @@ def test_heap_holds_one_entry_per_node() -> None:
         c.advance(0.3)
         t.advance(c.monotonic())
     assert len(t._heap) <= 20
+
+
+def test_unregistered_count_follows_the_inventory() -> None:
+    """The unregistered count (capped by the service) tracks adds, registrations and removals."""
+    c = FakeClock()
+    t = make(c)
+    for i in range(5):
+        t.heartbeat(f"dc1.n{i}", c.monotonic(), "b", 1)
+    assert t.unregistered == 5
+    t.register("dc1.n0", c.monotonic())
+    t.register("dc1.new", c.monotonic())
+    assert t.unregistered == 4
+    t.unregister("dc1.n1", c.monotonic())
+    t.unregister("dc1.n0", c.monotonic())
+    assert t.unregistered == 3
