@@ -9,6 +9,12 @@ Deadlines live in a lazy min-heap holding at most one entry per node: a heartbea
 ``last_seen`` (O(1), the hot path); when an entry pops, the node's real deadline is recomputed and
 the entry is pushed again if the node has heartbeated since (O(log n)). No tick ever scans every
 node.
+
+Beyond one node (issue 4): when enough of one site's nodes went quiet within about one window,
+one site alert fires and that site's node alerts go out as warnings; when every site did, the
+deadman suspects its own view (one self alert, no node pages) until a heartbeat arrives. A node
+that changes state too often is flapping: its alert stays open until K good heartbeats spanning a
+window. While blind or suspecting itself, nobody pages; afterwards every node gets a full window.
 """
 
 from __future__ import annotations
