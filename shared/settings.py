@@ -92,7 +92,12 @@ def build_parser(
     parser = _Parser(prog=prog, description=description or cls.__doc__)
     for name, field in cls.model_fields.items():
         flag = flag_name(name)
-        default = "required" if field.is_required() else repr(field.default)
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            default = repr(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = repr(field.default)
         help_text = f"{field.description or ''} [env {env_name(cls, name)}; default {default}]"
         if field.annotation is bool:
             parser.add_argument(
