@@ -64,6 +64,7 @@ class Target:
     maintenance_until: float | None = None  # wall time; no pages before it
     task: asyncio.Task[None] | None = None
     target_url: URL | None = None  # parsed once, not on every probe
+    parsed_from: str = ""
     success: Any = None  # this target's metric children, looked up once
     body_age: Any = None
     last: ProbeResult | None = None
@@ -258,8 +259,8 @@ class Prober:
                 missed = slots_missed(due=due, now=self.clock.wall(), interval=interval)
                 if missed:
                     self.metrics.skipped.inc(missed)
-                if t.target_url is None or str(t.target_url) != t.url:
-                    t.target_url = URL(t.url, encoded=True)
+                if t.target_url is None or t.parsed_from != t.url:
+                    t.target_url, t.parsed_from = URL(t.url, encoded=True), t.url
                 answer = await fetch(self._session_or_fail(), t.target_url,
                                      deadline=self.settings.timeout,
                                      max_body=self.settings.max_body, clock=self.clock)
