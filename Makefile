@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services fleetwatch tests bench
-	$(BIN)/ruff format --check shared services fleetwatch tests bench
+	$(BIN)/ruff check shared services fleetwatch tests bench examples
+	$(BIN)/ruff format --check shared services fleetwatch tests bench examples
 	$(BIN)/mypy
 
 bench: $(STAMP)

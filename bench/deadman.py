@@ -51,8 +51,15 @@ def node_key(i: int) -> tuple[str, str]:
 
 
 # ---- roles run in child processes ------------------------------------------------------------
-async def publisher(url: str, nodes: int, rounds: int, period: float, silence: int,
-                    silence_after: int, rate: float = 0.0) -> None:
+async def publisher(
+    url: str,
+    nodes: int,
+    rounds: int,
+    period: float,
+    silence: int,
+    silence_after: int,
+    rate: float = 0.0,
+) -> None:
     """Publish ``rounds`` heartbeats per node; 0 period = as fast as possible."""
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     subjects = [f"{PREFIX}.hb.{s}.{n}" for s, n in (node_key(i) for i in range(nodes))]
@@ -68,8 +75,10 @@ async def publisher(url: str, nodes: int, rounds: int, period: float, silence: i
         ts = time.time()
         for i in range(first, nodes):
             s, n = node_key(i)
-            await nc.publish(subjects[i], pack.pack(
-                {"v": 1, "site": s, "node": n, "boot": boot, "seq": r + 1, "ts": ts}))
+            await nc.publish(
+                subjects[i],
+                pack.pack({"v": 1, "site": s, "node": n, "boot": boot, "seq": r + 1, "ts": ts}),
+            )
             sent += 1
             if sent % 2000 == 0:
                 if rate:
@@ -83,8 +92,10 @@ async def publisher(url: str, nodes: int, rounds: int, period: float, silence: i
             if left > 0:
                 await asyncio.sleep(left)
     await nc.flush()
-    print(json.dumps({"sent": sent, "seconds": time.monotonic() - start,
-                      "done": time.time()}), flush=True)
+    print(
+        json.dumps({"sent": sent, "seconds": time.monotonic() - start, "done": time.time()}),
+        flush=True,
+    )
     await nc.close()
 
 
@@ -130,8 +141,12 @@ async def count_of(nc: Any, subject: str) -> dict[str, Any] | None:
     return out
 
 
-async def measure(nc: Any, subject: str, total: int, pub: subprocess.Popen[bytes],
-                  ) -> dict[str, float]:
+async def measure(
+    nc: Any,
+    subject: str,
+    total: int,
+    pub: subprocess.Popen[bytes],
+) -> dict[str, float]:
     """Poll the receiver's count; rate from the 10 % and 90 % crossings."""
     marks: list[tuple[float, int]] = []
     last_change = time.monotonic()
@@ -171,19 +186,42 @@ async def run(args: argparse.Namespace) -> None:
     me = str(Path(__file__).resolve())
     nodes, rounds = args.nodes, args.rounds
     total = nodes * rounds
-    print(f"machine: {os.cpu_count()} cores; nodes {nodes}; {rounds} rounds = {total} heartbeats;"
-          f" server {server.url}; logs {tmp}")
+    print(
+        f"machine: {os.cpu_count()} cores; nodes {nodes}; {rounds} rounds = {total} heartbeats;"
+        f" server {server.url}; logs {tmp}"
+    )
     nc = await nats.connect(server.url)
     procs: list[subprocess.Popen[bytes]] = []
 
-    def publish(rounds: int, period: float = 0.0, silence: int = 0, after: int = 0,
-                rate: float = 0.0) -> subprocess.Popen[bytes]:
+    def publish(
+        rounds: int, period: float = 0.0, silence: int = 0, after: int = 0, rate: float = 0.0
+    ) -> subprocess.Popen[bytes]:
         p = subprocess.Popen(
-            [py, me, "--role", "publisher", "--url", server.url, "--nodes", str(nodes),
-             "--rounds", str(rounds), "--period", str(period), "--silence", str(silence),
-             "--silence-after", str(after), "--rate", str(rate)],
-            stdout=subprocess.PIPE, stderr=open(tmp / "pub.log", "ab"), env={
-                **os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+            [
+                py,
+                me,
+                "--role",
+                "publisher",
+                "--url",
+                server.url,
+                "--nodes",
+                str(nodes),
+                "--rounds",
+                str(rounds),
+                "--period",
+                str(period),
+                "--silence",
+                str(silence),
+                "--silence-after",
+                str(after),
+                "--rate",
+                str(rate),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=open(tmp / "pub.log", "ab"),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+        )
         procs.append(p)
         return p
 
@@ -198,15 +236,36 @@ async def run(args: argparse.Namespace) -> None:
         pub.wait()
         b.send_signal(signal.SIGTERM)
         b.wait()
-        print(f"bare subscriber (baseline): {base['rate']:,.0f} hb/s, received "
-              f"{base['received']:,}/{total:,}")
+        print(
+            f"bare subscriber (baseline): {base['rate']:,.0f} hb/s, received "
+            f"{base['received']:,}/{total:,}"
+        )
 
         # 2. ingest
         status = Subjects(PREFIX).service_status("deadman")
-        dm_args = [py, "-m", "services.deadman", "--nats", server.url, "--prefix", PREFIX,
-                   "--window", str(WINDOW), "--pending", str(PENDING), "--startup-grace", "20",
-                   "--metrics-port", "0", "--persist-every", "5", "--instance", "bench",
-                   "--log-level", "warning"]
+        dm_args = [
+            py,
+            "-m",
+            "services.deadman",
+            "--nats",
+            server.url,
+            "--prefix",
+            PREFIX,
+            "--window",
+            str(WINDOW),
+            "--pending",
+            str(PENDING),
+            "--startup-grace",
+            "20",
+            "--metrics-port",
+            "0",
+            "--persist-every",
+            "5",
+            "--instance",
+            "bench",
+            "--log-level",
+            "warning",
+        ]
         dm = spawn(dm_args, tmp / "deadman.log")
         procs.append(dm)
         while await count_of(nc, status) is None:
@@ -223,22 +282,28 @@ async def run(args: argparse.Namespace) -> None:
         got = await measure(nc, status, total, pub)
         pub.wait()
         ratio = got["rate"] / base["rate"]
-        print(f"deadman ingest: {got['rate']:,.0f} hb/s = {ratio:.0%} of the bare subscriber; "
-              f"received {got['received']:,}/{total:,}; lag after publisher done "
-              f"{got['lag']:.2f}s  (goal >= 50,000 hb/s and >= 50%)")
+        print(
+            f"deadman ingest: {got['rate']:,.0f} hb/s = {ratio:.0%} of the bare subscriber; "
+            f"received {got['received']:,}/{total:,}; lag after publisher done "
+            f"{got['lag']:.2f}s  (goal >= 50,000 hb/s and >= 50%)"
+        )
 
         # 2b. bounded lag at a sustained, paced rate
         pub = publish(rounds, rate=args.sustain)
         sus = await measure(nc, status, total, pub)
         pub.wait()
-        print(f"deadman at a paced {args.sustain:,.0f} hb/s: received {sus['received']:,}/"
-              f"{total:,}, {sus['rate']:,.0f} hb/s, lag after publisher done {sus['lag']:.2f}s")
+        print(
+            f"deadman at a paced {args.sustain:,.0f} hb/s: received {sus['received']:,}/"
+            f"{total:,}, {sus['rate']:,.0f} hb/s, lag after publisher done {sus['lag']:.2f}s"
+        )
 
         # 3. memory
         st = await count_of(nc, status)
         tracked = st["total"] if st else 0
-        print(f"memory: RSS {rss0 / 2**20:.1f} MiB -> {rss1 / 2**20:.1f} MiB for {tracked:,} "
-              f"nodes = {(rss1 - rss0) / max(1, tracked):.0f} B/node  (goal <= 500)")
+        print(
+            f"memory: RSS {rss0 / 2**20:.1f} MiB -> {rss1 / 2**20:.1f} MiB for {tracked:,} "
+            f"nodes = {(rss1 - rss0) / max(1, tracked):.0f} B/node  (goal <= 500)"
+        )
 
         # a flat-out blast puts the deadman behind: its canary queues behind the backlog and it
         # declares itself blind (no judging) until it has caught up; wait for sight to return
@@ -267,27 +332,40 @@ async def run(args: argparse.Namespace) -> None:
 
         await nc.subscribe(f"{PREFIX}.alert.silent.>", cb=on_alert)
         steady_rounds = int((WINDOW + PENDING + 3) / args.period) + 2
-        pub = publish(steady_rounds, period=args.period, silence=args.silence, after=1,
-                      rate=nodes / (0.8 * args.period))  # a fleet beats spread over time
+        pub = publish(
+            steady_rounds,
+            period=args.period,
+            silence=args.silence,
+            after=1,
+            rate=nodes / (0.8 * args.period),
+        )  # a fleet beats spread over time
         await asyncio.get_running_loop().run_in_executor(None, pub.wait)
         deadline = time.time() + 3
         while time.time() < deadline and len(alerts) < args.silence:
             await asyncio.sleep(0.1)
         firing = [(at, a) for at, a in alerts if a["state"] == "firing"]
         silenced = {node_key(i)[1] for i in range(args.silence)}
-        late = sorted(at - (a["last_seen"] + WINDOW + PENDING) for at, a in firing
-                      if a["node"] in silenced)
-        judged = sorted(a["ts"] - (a["last_seen"] + WINDOW + PENDING) for _, a in firing
-                        if a["node"] in silenced)
+        late = sorted(
+            at - (a["last_seen"] + WINDOW + PENDING) for at, a in firing if a["node"] in silenced
+        )
+        judged = sorted(
+            a["ts"] - (a["last_seen"] + WINDOW + PENDING)
+            for _, a in firing
+            if a["node"] in silenced
+        )
         false_pages = sum(1 for _, a in firing if a["node"] not in silenced)
         if late:
             p99 = late[min(len(late) - 1, int(0.99 * len(late)))]
-            print(f"silence: {len(late)}/{args.silence} paged; lateness after last_seen+window+"
-                  f"pending p50 {statistics.median(late) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms,"
-                  f" max {late[-1] * 1000:.0f} ms; false pages {false_pages}  (goal p99 <= 250"
-                  f" ms; fleet heartbeating every {args.period}s meanwhile)")
-            print(f"  of which judging (alert ts - due): p50 {statistics.median(judged) * 1000:.0f}"
-                  f" ms, max {judged[-1] * 1000:.0f} ms; the rest is queue + JetStream publish")
+            print(
+                f"silence: {len(late)}/{args.silence} paged; lateness after last_seen+window+"
+                f"pending p50 {statistics.median(late) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms,"
+                f" max {late[-1] * 1000:.0f} ms; false pages {false_pages}  (goal p99 <= 250"
+                f" ms; fleet heartbeating every {args.period}s meanwhile)"
+            )
+            print(
+                f"  of which judging (alert ts - due): p50 {statistics.median(judged) * 1000:.0f}"
+                f" ms, max {judged[-1] * 1000:.0f} ms; the rest is queue + JetStream publish"
+            )
         else:
             print(f"silence: no page arrived (alerts seen: {len(alerts)})")
         print(f"  self alerts during the silence phase: {len(selfs)}")
@@ -303,8 +381,10 @@ async def run(args: argparse.Namespace) -> None:
             if st is not None and st["total"] >= nodes:
                 break
             await asyncio.sleep(0.05)
-        print(f"restart-to-ready: {time.monotonic() - t0:.2f}s from spawn to a status reply with"
-              f" {st['total']:,} restored nodes (includes interpreter start)  (goal <= 5 s)")
+        print(
+            f"restart-to-ready: {time.monotonic() - t0:.2f}s from spawn to a status reply with"
+            f" {st['total']:,} restored nodes (includes interpreter start)  (goal <= 5 s)"
+        )
     finally:
         for p in procs:
             if p.poll() is None:
@@ -333,8 +413,17 @@ def main() -> None:
     from shared.runtime import run as runner  # uvloop when available, like the services
 
     if args.role == "publisher":
-        runner(publisher(args.url, args.nodes, args.rounds, args.period, args.silence,
-                         args.silence_after, args.rate))
+        runner(
+            publisher(
+                args.url,
+                args.nodes,
+                args.rounds,
+                args.period,
+                args.silence,
+                args.silence_after,
+                args.rate,
+            )
+        )
     elif args.role == "bare":
         runner(bare(args.url))
     else:

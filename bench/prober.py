@@ -38,6 +38,7 @@ EXPORTER = "prometheus-blackbox-exporter"
 
 # ---- helpers run in child processes --------------------------------------------------------
 
+
 def serve_targets(n_ports: int) -> None:
     """Child: answer every GET with a fresh agent-like JSON body, then close."""
     import uvloop
@@ -51,10 +52,14 @@ def serve_targets(n_ports: int) -> None:
             self.buf += data
             if b"\r\n\r\n" in self.buf:
                 now = time.time()
-                body = (b'{"ok":true,"ts":%.6f,"node":"b/n","last_cycle":%.6f,"age":0.1,"rev":1}'
-                        % (now, now - 0.1))
-                head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                body = b'{"ok":true,"ts":%.6f,"node":"b/n","last_cycle":%.6f,"age":0.1,"rev":1}' % (
+                    now,
+                    now - 0.1,
+                )
+                head = (
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                )
                 self.t.write(head + body)  # type: ignore[attr-defined]
                 self.t.close()
 
@@ -102,8 +107,10 @@ def plain_loop(urls_file: str, interval: float, count_file: str) -> None:
     async def main() -> None:
         conn = aiohttp.TCPConnector(force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=conn) as session:
-            tasks = [asyncio.create_task(one(session, u, i * interval / len(urls)))
-                     for i, u in enumerate(urls)]
+            tasks = [
+                asyncio.create_task(one(session, u, i * interval / len(urls)))
+                for i, u in enumerate(urls)
+            ]
             tasks.append(asyncio.create_task(report()))
             await asyncio.gather(*tasks)
 
@@ -111,6 +118,7 @@ def plain_loop(urls_file: str, interval: float, count_file: str) -> None:
 
 
 # ---- measurement ---------------------------------------------------------------------------
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (and its reaped children) from /proc."""
@@ -127,8 +135,9 @@ def free_port() -> int:
 
 def ensure_exporter(install: bool) -> tuple[str | None, str]:
     """The exporter binary, installing the Debian package if allowed; else (None, why)."""
-    found = shutil.which(EXPORTER) or (f"/usr/bin/{EXPORTER}"
-                                       if Path(f"/usr/bin/{EXPORTER}").exists() else None)
+    found = shutil.which(EXPORTER) or (
+        f"/usr/bin/{EXPORTER}" if Path(f"/usr/bin/{EXPORTER}").exists() else None
+    )
     if found:
         return found, "already installed"
     if not install:
@@ -142,8 +151,12 @@ def ensure_exporter(install: bool) -> tuple[str | None, str]:
         if r.returncode == 0:
             break
         if attempt == 1:
-            subprocess.run([*cmd[: cmd.index("apt-get") + 1], "update"], env=env,
-                           capture_output=True, text=True)
+            subprocess.run(
+                [*cmd[: cmd.index("apt-get") + 1], "update"],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
     else:
         return None, f"apt-get install failed: {r.stderr.strip().splitlines()[-1:]}"
     # the package may start its own service on :9115; we run our own instance on loopback
@@ -178,23 +191,42 @@ async def _count(count: object) -> float:
     return float(await r) if asyncio.iscoroutine(r) else float(r)
 
 
-async def run_prober(urls: list[str], args: argparse.Namespace, nats_url: str
-                     ) -> tuple[float, float]:
+async def run_prober(
+    urls: list[str], args: argparse.Namespace, nats_url: str
+) -> tuple[float, float]:
     import nats
 
     from shared.subjects import Subjects
 
     log = open(Path(args.tmp) / "prober.log", "ab")  # noqa: ASYNC230
-    cmd = [sys.executable, "-m", "services.prober", "--nats", nats_url, "--prefix", "bench",
-           "--interval", str(args.interval), "--timeout", str(min(2.0, args.interval * 0.8)),
-           "--max-age", "30",
-           "--metrics-port", "0", "--instance", "bench", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.prober",
+        "--nats",
+        nats_url,
+        "--prefix",
+        "bench",
+        "--interval",
+        str(args.interval),
+        "--timeout",
+        str(min(2.0, args.interval * 0.8)),
+        "--max-age",
+        "30",
+        "--metrics-port",
+        "0",
+        "--instance",
+        "bench",
+        "--log-level",
+        "warning",
+    ]
     for i, u in enumerate(urls):
         cmd += ["--target", f"b/n{i}={u}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting a process does not block
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
+    )
     nc = await nats.connect(nats_url)
     try:
         status: dict[str, object] = {}
@@ -206,8 +238,10 @@ async def run_prober(urls: list[str], args: argparse.Namespace, nats_url: str
             except Exception:
                 await asyncio.sleep(0.2)
         if "metrics_url" not in status:
-            raise RuntimeError("prober did not answer status: "
-                               + (Path(args.tmp) / "prober.log").read_text()[-2000:])
+            raise RuntimeError(
+                "prober did not answer status: "
+                + (Path(args.tmp) / "prober.log").read_text()[-2000:]
+            )
         metrics_url = str(status["metrics_url"])
         verdicts: dict[str, float] = {}
 
@@ -230,8 +264,9 @@ async def run_prober(urls: list[str], args: argparse.Namespace, nats_url: str
         log.close()
 
 
-async def run_exporter(binary: str, urls: list[str], args: argparse.Namespace
-                       ) -> tuple[float, float]:
+async def run_exporter(
+    binary: str, urls: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
     import aiohttp
 
     cfg = Path(args.tmp) / "blackbox.yml"
@@ -239,12 +274,20 @@ async def run_exporter(binary: str, urls: list[str], args: argparse.Namespace
         "modules:\n  fw:\n    prober: http\n    timeout: 2s\n    http:\n"
         "      method: GET\n      valid_status_codes: [200]\n      no_follow_redirects: true\n"
         "      preferred_ip_protocol: ip4\n      ip_protocol_fallback: false\n"
-        "      fail_if_body_not_matches_regexp: ['\"ts\":']\n")
+        "      fail_if_body_not_matches_regexp: ['\"ts\":']\n"
+    )
     port = free_port()
     log = open(Path(args.tmp) / "blackbox.log", "ab")  # noqa: ASYNC230
-    proc = subprocess.Popen([binary, f"--config.file={cfg}",  # noqa: ASYNC220
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={cfg}",  # noqa: ASYNC220
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     done = ok = 0
     base = f"http://127.0.0.1:{port}/probe"
     try:
@@ -271,8 +314,10 @@ async def run_exporter(binary: str, urls: list[str], args: argparse.Namespace
                     done += 1
                     await asyncio.sleep(max(0.0, args.interval - (time.monotonic() - start)))
 
-            tasks = [asyncio.create_task(one(u, i * args.interval / len(urls)))
-                     for i, u in enumerate(urls)]
+            tasks = [
+                asyncio.create_task(one(u, i * args.interval / len(urls)))
+                for i, u in enumerate(urls)
+            ]
             try:
                 result = await measure(proc.pid, lambda: done, args.interval + 1, args.seconds)
             finally:
@@ -292,11 +337,21 @@ async def run_plain(urls: list[str], args: argparse.Namespace) -> tuple[float, f
     urls_file.write_text(json.dumps(urls))
     count_file = Path(args.tmp) / "plain.count"
     count_file.write_text("0")
-    proc = subprocess.Popen([sys.executable, __file__, "--_plain", str(urls_file),  # noqa: ASYNC220
-                             str(args.interval), str(count_file)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--_plain",
+            str(urls_file),  # noqa: ASYNC220
+            str(args.interval),
+            str(count_file),
+        ],
+        cwd=ROOT,
+    )
     try:
-        return await measure(proc.pid, lambda: float(count_file.read_text() or 0),
-                             args.interval + 1, args.seconds)
+        return await measure(
+            proc.pid, lambda: float(count_file.read_text() or 0), args.interval + 1, args.seconds
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
@@ -312,16 +367,19 @@ async def bench(args: argparse.Namespace) -> int:
     binary, why = ensure_exporter(not args.no_install)
     print(f"blackbox exporter: {binary or 'UNAVAILABLE'} ({why})")
     targets = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, __file__, "--_serve", "8"], stdout=subprocess.PIPE)
+        [sys.executable, __file__, "--_serve", "8"], stdout=subprocess.PIPE
+    )
     assert targets.stdout is not None
     ports = json.loads(targets.stdout.readline())
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/healthz/{i}" for i in range(args.targets)]
     server = EmbeddedServer(store_dir=Path(args.tmp) / "js").start()
     rows: dict[str, list[tuple[float, float]]] = {"prober": [], "plain aiohttp": [], "exporter": []}
     try:
-        print(f"{args.targets} targets, interval {args.interval}s "
-              f"(offered {args.targets / args.interval:.0f} probes/s), window {args.seconds}s, "
-              f"{args.rounds} round(s), {os.cpu_count()} CPUs")
+        print(
+            f"{args.targets} targets, interval {args.interval}s "
+            f"(offered {args.targets / args.interval:.0f} probes/s), window {args.seconds}s, "
+            f"{args.rounds} round(s), {os.cpu_count()} CPUs"
+        )
         for r in range(args.rounds):
             print(f"round {r + 1}")
             rows["prober"].append(await run_prober(urls, args, server.url))
@@ -335,18 +393,25 @@ async def bench(args: argparse.Namespace) -> int:
         server.stop()
         targets.kill()
         targets.wait()
-    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
-           for k, v in rows.items() if v}
+    med = {
+        k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
+        for k, v in rows.items()
+        if v
+    }
     print("\nmedians over rounds")
     for k, row in med.items():
         show(k, row)
     ours = med["prober"][1]
     print(f"  prober / plain aiohttp CPU per probe: {ours / med['plain aiohttp'][1]:.2f}")
     if "exporter" in med:
-        print(f"  prober / blackbox exporter CPU per probe: {ours / med['exporter'][1]:.2f}"
-              f"   (goal <= 0.5)")
-        print(f"  plain aiohttp / blackbox exporter: "
-              f"{med['plain aiohttp'][1] / med['exporter'][1]:.2f}")
+        print(
+            f"  prober / blackbox exporter CPU per probe: {ours / med['exporter'][1]:.2f}"
+            f"   (goal <= 0.5)"
+        )
+        print(
+            f"  plain aiohttp / blackbox exporter: "
+            f"{med['plain aiohttp'][1] / med['exporter'][1]:.2f}"
+        )
     else:
         print("  blackbox exporter unavailable: compared with the plain aiohttp loop only")
     return 0

@@ -53,8 +53,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--health-host", default="127.0.0.1")
     p.add_argument("--health-port", type=int, default=9200, help="0 picks a free port")
     p.add_argument("--interval", type=parse_duration, default=2.0, help="heartbeat interval")
-    p.add_argument("--max-age", type=parse_duration, default=0.0,
-                   help="/healthz fails if no work for this long (default 3 x interval)")
+    p.add_argument(
+        "--max-age",
+        type=parse_duration,
+        default=0.0,
+        help="/healthz fails if no work for this long (default 3 x interval)",
+    )
     p.add_argument("--crash-after", type=int, default=0, help="die after N jobs (a demo)")
     return p.parse_args(argv)
 
@@ -64,15 +68,18 @@ async def ensure_queue(js: JetStreamContext, stream: str, subject: str) -> None:
     try:
         await js.stream_info(stream)
     except NotFoundError:
-        await js.add_stream(StreamConfig(name=stream, subjects=[subject],
-                                         retention=RetentionPolicy.WORK_QUEUE))
-    await js.add_consumer(stream, ConsumerConfig(durable_name=DURABLE,
-                                                 ack_policy=AckPolicy.EXPLICIT,
-                                                 filter_subject=subject))
+        await js.add_stream(
+            StreamConfig(name=stream, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE)
+        )
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, filter_subject=subject),
+    )
 
 
-async def work(js: JetStreamContext, args: argparse.Namespace, live: Liveness,
-               done: Counter) -> None:
+async def work(
+    js: JetStreamContext, args: argparse.Namespace, live: Liveness, done: Counter
+) -> None:
     """Drain the queue; touch the liveness after every real unit of work."""
     sub = await js.pull_subscribe(args.subject, durable=DURABLE, stream=args.stream)
     handled = 0
@@ -99,9 +106,12 @@ async def main_async(args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     registry = CollectorRegistry()
     done = Counter("example_jobs_done", "Jobs processed", registry=registry)
-    nc: NATS = await connect(args.nats, name=f"example-worker-{args.node.key}",
-                             metrics=BusMetrics.create(registry, "example"),
-                             ping_interval=max(1.0, min(10.0, args.interval * 3)))
+    nc: NATS = await connect(
+        args.nats,
+        name=f"example-worker-{args.node.key}",
+        metrics=BusMetrics.create(registry, "example"),
+        ping_interval=max(1.0, min(10.0, args.interval * 3)),
+    )
     js = nc.jetstream(timeout=2.0)
     await ensure_queue(js, args.stream, args.subject)
     live = Liveness(clock=clock, max_age=args.max_age or 3 * args.interval)
@@ -111,19 +121,30 @@ async def main_async(args: argparse.Namespace) -> int:
         return {"queue_depth": (info.num_pending or 0) + (info.num_ack_pending or 0)}
 
     runner = await serve_http(
-        metrics_app(registry, liveness_health(live, node=args.node, clock=clock,
-                                              check=queue_depth)),
-        host=args.health_host, port=args.health_port)
-    log.info("worker %s: health on http://%s:%d/healthz", args.node, args.health_host,
-             bound_port(runner))
-    hb = HeartbeatPublisher(nc=nc, subjects=Subjects(args.prefix), node=args.node,
-                            liveness=live, clock=clock, interval=args.interval)
+        metrics_app(
+            registry, liveness_health(live, node=args.node, clock=clock, check=queue_depth)
+        ),
+        host=args.health_host,
+        port=args.health_port,
+    )
+    log.info(
+        "worker %s: health on http://%s:%d/healthz", args.node, args.health_host, bound_port(runner)
+    )
+    hb = HeartbeatPublisher(
+        nc=nc,
+        subjects=Subjects(args.prefix),
+        node=args.node,
+        liveness=live,
+        clock=clock,
+        interval=args.interval,
+    )
     worker = asyncio.create_task(work(js, args, live, done))
 
     def died(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("worker died: %s (HTTP keeps serving; /healthz will say 503)",
-                      task.exception())
+            log.error(
+                "worker died: %s (HTTP keeps serving; /healthz will say 503)", task.exception()
+            )
 
     worker.add_done_callback(died)
     try:

@@ -22,11 +22,29 @@ def episode_id(kind: str, key: str, token: str) -> str:
 class Episode:
     """One open alert about a node."""
 
-    __slots__ = ("alert_id", "count", "fired_at", "good", "good_since", "kind", "notified",
-                 "severity", "since", "site_alert")
+    __slots__ = (
+        "alert_id",
+        "count",
+        "fired_at",
+        "good",
+        "good_since",
+        "kind",
+        "notified",
+        "severity",
+        "since",
+        "site_alert",
+    )
 
-    def __init__(self, *, alert_id: str, kind: Kind, since: float, fired_at: float,
-                 count: int = 1, severity: str = "page") -> None:
+    def __init__(
+        self,
+        *,
+        alert_id: str,
+        kind: Kind,
+        since: float,
+        fired_at: float,
+        count: int = 1,
+        severity: str = "page",
+    ) -> None:
         self.alert_id = alert_id
         self.kind: Kind = kind
         self.since = since
@@ -43,8 +61,20 @@ class Record:
     """What the deadman knows about one node; slots keep it small at 100k nodes."""
 
     __slots__ = (
-        "boot", "episode", "flap", "hold", "host", "key", "last_seen", "maintenance", "pid",
-        "registered", "rev", "scheduled", "seq", "token",
+        "boot",
+        "episode",
+        "flap",
+        "hold",
+        "host",
+        "key",
+        "last_seen",
+        "maintenance",
+        "pid",
+        "registered",
+        "rev",
+        "scheduled",
+        "seq",
+        "token",
     )
 
     def __init__(self, key: str, *, registered: bool, hold: float) -> None:

@@ -52,7 +52,8 @@ class HotCollector(Collector):
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         skew = HistogramMetricFamily(
             "fleetwatch_deadman_clock_skew_seconds",
-            "Sender ts minus deadman receive time (wall clock), valid heartbeats")
+            "Sender ts minus deadman receive time (wall clock), valid heartbeats",
+        )
         skew.add_metric([], buckets, sum_value=self.hot.skew_sum)
         yield skew
 
@@ -74,14 +75,27 @@ class DeadmanMetrics:
         hot = HotCounters()
         registry.register(HotCollector(hot))
         return cls(
-            rejected=Counter(f"{p}_rejected", "Heartbeats rejected, by reason", ["reason"],
-                             registry=registry),
-            alerts=Counter(f"{p}_alerts", "Alert transitions queued, by kind and state",
-                           ["kind", "state"], registry=registry),
-            publish_errors=Counter(f"{p}_publish_errors", "Alert publishes not acknowledged",
-                                   ["reason"], registry=registry),
-            handler_errors=Counter(f"{p}_errors", "Unexpected handler failures, by reason",
-                                   ["reason"], registry=registry),
+            rejected=Counter(
+                f"{p}_rejected", "Heartbeats rejected, by reason", ["reason"], registry=registry
+            ),
+            alerts=Counter(
+                f"{p}_alerts",
+                "Alert transitions queued, by kind and state",
+                ["kind", "state"],
+                registry=registry,
+            ),
+            publish_errors=Counter(
+                f"{p}_publish_errors",
+                "Alert publishes not acknowledged",
+                ["reason"],
+                registry=registry,
+            ),
+            handler_errors=Counter(
+                f"{p}_errors",
+                "Unexpected handler failures, by reason",
+                ["reason"],
+                registry=registry,
+            ),
             hot=hot,
         )
 
@@ -89,9 +103,14 @@ class DeadmanMetrics:
 class StateCollector(Collector):
     """Per-node last heartbeat and nodes-by-state, computed when scraped."""
 
-    def __init__(self, tracker: Callable[[], Tracker | None], *,
-                 monotonic: Callable[[], float], wall: Callable[[], float],
-                 extra: Callable[[], dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        tracker: Callable[[], Tracker | None],
+        *,
+        monotonic: Callable[[], float],
+        wall: Callable[[], float],
+        extra: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
         self._tracker = tracker
         self._mono = monotonic
         self._wall = wall
@@ -113,8 +132,9 @@ class StateCollector(Collector):
                 site, _, node = key.partition(".")
                 last.add_metric([site, node], rec.last_seen + offset)
         yield last
-        states = GaugeMetricFamily("fleetwatch_deadman_nodes", "Tracked nodes by state",
-                                   labels=["state"])
+        states = GaugeMetricFamily(
+            "fleetwatch_deadman_nodes", "Tracked nodes by state", labels=["state"]
+        )
         for state, n in tracker.counts(now).items():
             states.add_metric([state], n)
         yield states

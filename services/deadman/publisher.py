@@ -47,9 +47,15 @@ class Outgoing:
 class AlertPublisher:
     """Queue + publisher task; ``submit`` never blocks."""
 
-    def __init__(self, js: JetStreamContext, *, batch: int = 1024, timeout: float = 2.0,
-                 on_published: Callable[[Outgoing, bool], None] | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        batch: int = 1024,
+        timeout: float = 2.0,
+        on_published: Callable[[Outgoing, bool], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.js = js
         self.batch = batch
         self.timeout = timeout
@@ -61,8 +67,9 @@ class AlertPublisher:
 
     def submit(self, subject: str, alert: Alert) -> None:
         """Queue one alert for delivery."""
-        self.queue.append(Outgoing(subject, encode(alert), msg_id(alert), alert.id, alert.kind,
-                                   alert.state))
+        self.queue.append(
+            Outgoing(subject, encode(alert), msg_id(alert), alert.id, alert.kind, alert.state)
+        )
         self._wake.set()
 
     def resubmit(self, items: list[Outgoing]) -> None:
@@ -93,8 +100,11 @@ class AlertPublisher:
             try:
                 # no wait_stall: a batch never exceeds the client's in-flight limit, and a
                 # timeout here would cost a task per message
-                futures.append(await self.js.publish_async(
-                    o.subject, o.data, headers={"Nats-Msg-Id": o.msg_id}))
+                futures.append(
+                    await self.js.publish_async(
+                        o.subject, o.data, headers={"Nats-Msg-Id": o.msg_id}
+                    )
+                )
             except Exception as e:
                 futures.append(e)
         waiting = [f for f in futures if isinstance(f, asyncio.Future)]
@@ -115,8 +125,12 @@ class AlertPublisher:
                 failed.append(item)
                 if self.on_error is not None:
                     self.on_error(type(err).__name__)
-                log.warning("alert %s not acknowledged (%s: %s); will retry", item.msg_id,
-                            type(err).__name__, err)
+                log.warning(
+                    "alert %s not acknowledged (%s: %s); will retry",
+                    item.msg_id,
+                    type(err).__name__,
+                    err,
+                )
             elif self.on_published is not None and isinstance(f, asyncio.Future):
                 self.on_published(item, bool(getattr(f.result(), "duplicate", False)))
         for _ in taken:
@@ -136,8 +150,7 @@ class AlertPublisher:
                 stop_wait = asyncio.ensure_future(stop.wait())
                 wake_wait = asyncio.ensure_future(self._wake.wait())
                 try:
-                    await asyncio.wait({stop_wait, wake_wait},
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({stop_wait, wake_wait}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     stop_wait.cancel()
                     wake_wait.cancel()
@@ -145,8 +158,9 @@ class AlertPublisher:
             await self.step()
             if self.failures:
                 try:
-                    await asyncio.wait_for(stop.wait(),
-                                           backoff_delay(self.failures, cap=self.timeout))
+                    await asyncio.wait_for(
+                        stop.wait(), backoff_delay(self.failures, cap=self.timeout)
+                    )
                 except TimeoutError:
                     pass
         await self.drain(deadline=3.0)

@@ -51,8 +51,14 @@ YIELD_EVERY = 64
 class Deadman:
     """One deadman instance; ``run(stop)`` until ``stop`` is set."""
 
-    def __init__(self, settings: DeadmanSettings, *, nc: NATS | None = None,
-                 clock: Clock | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: DeadmanSettings,
+        *,
+        nc: NATS | None = None,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.subjects = Subjects(settings.prefix)
@@ -75,9 +81,14 @@ class Deadman:
         self._burst = 0
         self.hot = self.metrics.hot
         self._wall_offset = self.clock.wall() - self.clock.monotonic()  # refreshed by the timer
-        self.registry.register(StateCollector(
-            lambda: self.tracker, monotonic=self.clock.monotonic, wall=self.clock.wall,
-            extra=self._extra_gauges))
+        self.registry.register(
+            StateCollector(
+                lambda: self.tracker,
+                monotonic=self.clock.monotonic,
+                wall=self.clock.wall,
+                extra=self._extra_gauges,
+            )
+        )
 
     # ---- time conversion ----------------------------------------------------------------
     def to_wall(self, mono: float) -> float:
@@ -102,20 +113,28 @@ class Deadman:
         """Connect, restore, subscribe, judge until ``stop``; then save and drain."""
         s = self.settings
         if self.nc is None:
-            self.nc = await connect(s.nats, name=f"deadman-{s.instance}",
-                                    metrics=self.bus_metrics,
-                                    ping_interval=min(10.0, max(1.0, s.window / 2)),
-                                    on_disconnect=self.sight.on_disconnect,
-                                    on_reconnect=self.sight.on_reconnect)
+            self.nc = await connect(
+                s.nats,
+                name=f"deadman-{s.instance}",
+                metrics=self.bus_metrics,
+                ping_interval=min(10.0, max(1.0, s.window / 2)),
+                on_disconnect=self.sight.on_disconnect,
+                on_reconnect=self.sight.on_reconnect,
+            )
         nc = self.nc
         js = nc.jetstream(timeout=5)
         attempt = 0
         while True:  # JetStream may not be ready yet (a broker that is still starting)
             try:
                 fleet = await ensure_fleet(js, self.subjects)
-                kv, _ = await ensure_kv(js, KeyValueConfig(
-                    bucket=self.subjects.state_bucket(SERVICE), history=1,
-                    storage=StorageType.FILE))
+                kv, _ = await ensure_kv(
+                    js,
+                    KeyValueConfig(
+                        bucket=self.subjects.state_bucket(SERVICE),
+                        history=1,
+                        storage=StorageType.FILE,
+                    ),
+                )
                 break
             except Exception as e:
                 attempt += 1
@@ -126,56 +145,96 @@ class Deadman:
                 except TimeoutError:
                     pass
         now = self.clock.monotonic()
-        tracker = Tracker(window=s.window, pending=s.pending, grace=s.grace,
-                          renotify=s.renotify, now=now, judgement=Judgement(
-                              site_fraction=s.site_fraction, site_min=s.site_min,
-                              flap_changes=s.flap_changes, flap_period=s.flap_period,
-                              flap_good=s.flap_good))
-        self.publisher = AlertPublisher(js, on_published=self._published,
-                                        on_error=self._publish_error)
+        tracker = Tracker(
+            window=s.window,
+            pending=s.pending,
+            grace=s.grace,
+            renotify=s.renotify,
+            now=now,
+            judgement=Judgement(
+                site_fraction=s.site_fraction,
+                site_min=s.site_min,
+                flap_changes=s.flap_changes,
+                flap_period=s.flap_period,
+                flap_good=s.flap_good,
+            ),
+        )
+        self.publisher = AlertPublisher(
+            js, on_published=self._published, on_error=self._publish_error
+        )
         publisher = self.publisher
         store = StateStore(kv, instance=s.instance, outbox=lambda: list(publisher.queue))
         loaded = await store.load(tracker, to_mono=self.to_mono)
         self.tracker = tracker
         self.sight.last_canary = self.clock.monotonic()
         if loaded.outbox:
-            log.warning("publishing %d alerts a previous run queued but never got acknowledged",
-                        len(loaded.outbox))
+            log.warning(
+                "publishing %d alerts a previous run queued but never got acknowledged",
+                len(loaded.outbox),
+            )
             publisher.resubmit(loaded.outbox)
-        self.alerts = Alerts(publisher=self.publisher, subjects=self.subjects,
-                             instance=s.instance, clock=self.clock, metrics=self.metrics,
-                             to_wall=self.to_wall, on_transition=self._save_soon.set)
+        self.alerts = Alerts(
+            publisher=self.publisher,
+            subjects=self.subjects,
+            instance=s.instance,
+            clock=self.clock,
+            metrics=self.metrics,
+            to_wall=self.to_wall,
+            on_transition=self._save_soon.set,
+        )
         if loaded.saved_at is not None and (
-                self.clock.wall() - loaded.saved_at > 2 * s.persist_every):
+            self.clock.wall() - loaded.saved_at > 2 * s.persist_every
+        ):
             # a save older than two intervals means nobody was watching meanwhile (a replica
             # that kept saving is no gap)
             self.alerts.restarted(loaded.saved_at, loaded.nodes)
 
         subs = [
-            await nc.subscribe(self.subjects.hb_all, cb=guarded(
-                self._on_heartbeat, what="heartbeat", on_error=self._handler_error)),
-            await nc.subscribe(self.subjects.inbox_canary(SERVICE, s.instance), cb=guarded(
-                self._on_canary, what="canary", on_error=self._handler_error)),
-            await nc.subscribe(self.subjects.service_status(SERVICE), cb=guarded(
-                self._on_status, what="status", on_error=self._handler_error)),
+            await nc.subscribe(
+                self.subjects.hb_all,
+                cb=guarded(self._on_heartbeat, what="heartbeat", on_error=self._handler_error),
+            ),
+            await nc.subscribe(
+                self.subjects.inbox_canary(SERVICE, s.instance),
+                cb=guarded(self._on_canary, what="canary", on_error=self._handler_error),
+            ),
+            await nc.subscribe(
+                self.subjects.service_status(SERVICE),
+                cb=guarded(self._on_status, what="status", on_error=self._handler_error),
+            ),
         ]
-        view = InventoryView(fleet.nodes, on_change=self._on_inventory,
-                             resync_every=s.inventory_resync)
-        runner = await serve_http(metrics_app(self.registry, self._healthz),
-                                  host=s.metrics_host, port=s.metrics_port)
+        view = InventoryView(
+            fleet.nodes, on_change=self._on_inventory, resync_every=s.inventory_resync
+        )
+        runner = await serve_http(
+            metrics_app(self.registry, self._healthz), host=s.metrics_host, port=s.metrics_port
+        )
         self.metrics_url = f"http://{s.metrics_host}:{bound_port(runner)}"
-        log.info("deadman %s: metrics on %s/metrics; window %.3gs pending %.3gs grace %.3gs; "
-                 "restored %d nodes", s.instance, self.metrics_url, s.window, s.pending,
-                 s.grace, loaded.nodes)
+        log.info(
+            "deadman %s: metrics on %s/metrics; window %.3gs pending %.3gs grace %.3gs; "
+            "restored %d nodes",
+            s.instance,
+            self.metrics_url,
+            s.window,
+            s.pending,
+            s.grace,
+            loaded.nodes,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run(stop))
                 tg.create_task(view.run(stop))
                 tg.create_task(self._reconcile_after_sync(view, stop))
                 tg.create_task(self._timer(stop))
-                tg.create_task(self.sight.send_canaries(
-                    nc, self.subjects.inbox_canary(SERVICE, s.instance), clock=self.clock,
-                    every=s.canary_every, stop=stop))
+                tg.create_task(
+                    self.sight.send_canaries(
+                        nc,
+                        self.subjects.inbox_canary(SERVICE, s.instance),
+                        clock=self.clock,
+                        every=s.canary_every,
+                        stop=stop,
+                    )
+                )
                 tg.create_task(self._saver(store, stop))
                 await nc.flush()
                 self.ready.set()
@@ -199,7 +258,7 @@ class Deadman:
     # ---- heartbeats ---------------------------------------------------------------------
     async def _on_heartbeat(self, msg: Msg) -> None:
         now = self.clock.monotonic()
-        key = msg.subject[self._hb_head:]
+        key = msg.subject[self._hb_head :]
         tracker = self.tracker
         assert tracker is not None
         hb: FastHeartbeat | Heartbeat | None = None
@@ -296,20 +355,30 @@ class Deadman:
         tracker.set_blind(blind, now)
         if blind:
             self._blind_count += 1
-            self._blind_id = (f"self.deadman.{self.settings.instance}.blind."
-                              f"{int(self.clock.wall() * 1000)}")
+            self._blind_id = (
+                f"self.deadman.{self.settings.instance}.blind.{int(self.clock.wall() * 1000)}"
+            )
             why = self.sight.why(now)
-            alerts.self_alert(alert_id=self._blind_id, state="firing", severity="page",
-                              since=self.to_wall(now), reason="blind",
-                              summary=f"deadman {self.settings.instance} is blind: it {why}; "
-                                      "no node is judged until it can see again")
+            alerts.self_alert(
+                alert_id=self._blind_id,
+                state="firing",
+                severity="page",
+                since=self.to_wall(now),
+                reason="blind",
+                summary=f"deadman {self.settings.instance} is blind: it {why}; "
+                "no node is judged until it can see again",
+            )
         else:
             since = tracker.blind_since if tracker.blind_since is not None else now
-            alerts.self_alert(alert_id=self._blind_id or "self.deadman.blind",
-                              state="resolved", severity="page", since=self.to_wall(since),
-                              reason="can see again",
-                              summary=f"deadman {self.settings.instance} can see again; every "
-                                      "node gets a full window from now")
+            alerts.self_alert(
+                alert_id=self._blind_id or "self.deadman.blind",
+                state="resolved",
+                severity="page",
+                since=self.to_wall(since),
+                reason="can see again",
+                summary=f"deadman {self.settings.instance} can see again; every "
+                "node gets a full window from now",
+            )
 
     async def _on_canary(self, msg: Msg) -> None:
         self.sight.on_canary(msg.data, self.clock.monotonic())
@@ -334,8 +403,9 @@ class Deadman:
                 return
             try:
                 if urgent:
-                    await store.save_episodes(tracker, to_wall=self.to_wall,
-                                              wall_now=self.clock.wall())
+                    await store.save_episodes(
+                        tracker, to_wall=self.to_wall, wall_now=self.clock.wall()
+                    )
                 else:
                     next_full = loop.time() + self.settings.persist_every
                     await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
@@ -385,13 +455,19 @@ class Deadman:
         now = self.clock.monotonic()
         nodes, total = nodes_view(tracker, now, self.to_wall, limit=limit, site=site)
         return {
-            "service": SERVICE, "instance": self.settings.instance,
+            "service": SERVICE,
+            "instance": self.settings.instance,
             "blind": tracker.blind or tracker.suspect is not None,
             "suspect": tracker.suspect is not None,
             "site_alerts": {s: ep.alert_id for s, ep in tracker.site_alerts.items()},
-            "window": tracker.window, "pending": tracker.pending, "grace": tracker.grace,
-            "started": self.started_wall, "metrics_url": self.metrics_url,
-            "counts": tracker.counts(now), "total": total, "truncated": total > limit,
+            "window": tracker.window,
+            "pending": tracker.pending,
+            "grace": tracker.grace,
+            "started": self.started_wall,
+            "metrics_url": self.metrics_url,
+            "counts": tracker.counts(now),
+            "total": total,
+            "truncated": total > limit,
             "heartbeats": self.hot.heartbeats,
             "nodes": nodes,
         }
@@ -411,10 +487,14 @@ class Deadman:
         fresh = bool(ages) and min(ages) <= self.settings.blind_after
         ok = fresh and self.sight.connected and tracker is not None and not tracker.blind
         body = {
-            "ok": ok, "ts": self.clock.wall(), "service": SERVICE,
-            "instance": self.settings.instance, "connected": self.sight.connected,
+            "ok": ok,
+            "ts": self.clock.wall(),
+            "service": SERVICE,
+            "instance": self.settings.instance,
+            "connected": self.sight.connected,
             "blind": tracker.blind if tracker is not None else None,
-            "canary_age": canary_age, "canary_rtt": self.sight.canary_rtt,
+            "canary_age": canary_age,
+            "canary_rtt": self.sight.canary_rtt,
             "heartbeat_age": ingest_age,
             "nodes": len(tracker.nodes) if tracker is not None else 0,
         }

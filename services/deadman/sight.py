@@ -52,8 +52,9 @@ class Sight:
         self.canary_rtt = max(0.0, now - sent)
         self.last_canary = now
 
-    async def send_canaries(self, nc: NATS, subject: str, *, clock: Clock, every: float,
-                            stop: asyncio.Event) -> None:
+    async def send_canaries(
+        self, nc: NATS, subject: str, *, clock: Clock, every: float, stop: asyncio.Event
+    ) -> None:
         """Publish a canary every ``every`` seconds until ``stop``."""
         while not stop.is_set():
             if nc.is_connected:

@@ -60,19 +60,37 @@ class Loaded:
     outbox: list[Outgoing] = field(default_factory=list)  # alerts never acknowledged
 
 
-def _row(rec_last: float | None, boot: str | None, seq: int, registered: bool, token: str,
-         ep: list[Any] | None) -> list[Any]:
+def _row(
+    rec_last: float | None,
+    boot: str | None,
+    seq: int,
+    registered: bool,
+    token: str,
+    ep: list[Any] | None,
+) -> list[Any]:
     return [rec_last, boot, seq, registered, token, ep]
 
 
 def episode_row(ep: Episode, to_wall: Callable[[float], float]) -> list[Any]:
     """An open episode as stored (wall-clock times)."""
-    return [ep.alert_id, ep.kind, to_wall(ep.since), to_wall(ep.fired_at), to_wall(ep.notified),
-            ep.count, ep.severity, ep.site_alert]
+    return [
+        ep.alert_id,
+        ep.kind,
+        to_wall(ep.since),
+        to_wall(ep.fired_at),
+        to_wall(ep.notified),
+        ep.count,
+        ep.severity,
+        ep.site_alert,
+    ]
 
 
-def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float], wall_now: float,
-                 outbox: list[Outgoing] | None = None) -> dict[str, Any]:
+def episodes_doc(
+    tracker: Tracker,
+    to_wall: Callable[[float], float],
+    wall_now: float,
+    outbox: list[Outgoing] | None = None,
+) -> dict[str, Any]:
     """Every open episode with enough of its node to restore it alone, and the alerts not yet
     acknowledged by the broker (republished at start, same Nats-Msg-Id)."""
     rows = {}
@@ -81,10 +99,13 @@ def episodes_doc(tracker: Tracker, to_wall: Callable[[float], float], wall_now: 
         if rec is None or rec.episode is None:
             continue
         last = None if rec.last_seen is None else to_wall(rec.last_seen)
-        rows[key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
-                         episode_row(rec.episode, to_wall))
-    sites = {site: [ep.alert_id, to_wall(ep.since), to_wall(ep.fired_at), sorted(ep.members)]
-             for site, ep in tracker.site_alerts.items()}
+        rows[key] = _row(
+            last, rec.boot, rec.seq, rec.registered, rec.token, episode_row(rec.episode, to_wall)
+        )
+    sites = {
+        site: [ep.alert_id, to_wall(ep.since), to_wall(ep.fired_at), sorted(ep.members)]
+        for site, ep in tracker.site_alerts.items()
+    }
     queued = [[o.subject, o.data, o.msg_id, o.alert_id, o.kind, o.state] for o in outbox or ()]
     return {"v": FORMAT, "saved_at": wall_now, "open": rows, "sites": sites, "outbox": queued}
 
@@ -96,30 +117,36 @@ def snapshot(tracker: Tracker, to_wall: Callable[[float], float]) -> list[dict[s
     return shards
 
 
-def add_rows(shards: list[dict[str, list[Any]]], items: list[tuple[str, Record]],
-             to_wall: Callable[[float], float]) -> None:
+def add_rows(
+    shards: list[dict[str, list[Any]]],
+    items: list[tuple[str, Record]],
+    to_wall: Callable[[float], float],
+) -> None:
     """Put the rows of ``items`` into their shards."""
     for key, rec in items:
         ep = rec.episode
         ep_row = None if ep is None else episode_row(ep, to_wall)
         last = None if rec.last_seen is None else to_wall(rec.last_seen)
-        shards[shard_of(key)][key] = _row(last, rec.boot, rec.seq, rec.registered, rec.token,
-                                          ep_row)
+        shards[shard_of(key)][key] = _row(
+            last, rec.boot, rec.seq, rec.registered, rec.token, ep_row
+        )
 
 
 class StateStore:
     """Batched saves to and a load from the deadman's KV bucket."""
 
-    def __init__(self, kv: KeyValue, *, instance: str,
-                 outbox: Callable[[], list[Outgoing]] | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, *, instance: str, outbox: Callable[[], list[Outgoing]] | None = None
+    ) -> None:
         self.kv = kv
         self.instance = instance
         self.outbox = outbox
         self._written: dict[int, int] = {}  # shard -> hash of the bytes last written
         self.saves = 0
 
-    async def save(self, tracker: Tracker, *, to_wall: Callable[[float], float],
-                   wall_now: float) -> int:
+    async def save(
+        self, tracker: Tracker, *, to_wall: Callable[[float], float], wall_now: float
+    ) -> int:
         """Write every changed shard and the meta key; returns the number of shards written."""
         # built in chunks so a save at 100k nodes never stalls heartbeat ingest or judging
         items = list(tracker.nodes.items())
@@ -145,11 +172,13 @@ class StateStore:
         self.saves += 1
         return written
 
-    async def save_episodes(self, tracker: Tracker, *, to_wall: Callable[[float], float],
-                            wall_now: float) -> None:
+    async def save_episodes(
+        self, tracker: Tracker, *, to_wall: Callable[[float], float], wall_now: float
+    ) -> None:
         """The small, urgent save: every open episode."""
-        doc = episodes_doc(tracker, to_wall, wall_now,
-                           self.outbox() if self.outbox is not None else None)
+        doc = episodes_doc(
+            tracker, to_wall, wall_now, self.outbox() if self.outbox is not None else None
+        )
         await self.kv.put(EPISODES, msgpack.packb(doc, use_bin_type=True))
 
     async def load(self, tracker: Tracker, *, to_mono: Callable[[float], float]) -> Loaded:
@@ -203,8 +232,9 @@ class StateStore:
             for site, row in sites.items():
                 try:
                     alert_id, since, fired_at, members = row
-                    site_ep = SiteEpisode(str(alert_id), to_mono(float(since)),
-                                          to_mono(float(fired_at)))
+                    site_ep = SiteEpisode(
+                        str(alert_id), to_mono(float(since)), to_mono(float(fired_at))
+                    )
                     site_ep.members = {str(m) for m in members if m in tracker.open}
                     tracker.site_alerts[str(site)] = site_ep
                 except (TypeError, ValueError) as e:
@@ -212,8 +242,9 @@ class StateStore:
                     log.warning("state: skipping site alert of %r: %s", site, e)
         return out
 
-    def _apply_episodes(self, tracker: Tracker, rows: dict[Any, Any],
-                        to_mono: Callable[[float], float], out: Loaded) -> None:
+    def _apply_episodes(
+        self, tracker: Tracker, rows: dict[Any, Any], to_mono: Callable[[float], float], out: Loaded
+    ) -> None:
         """The episodes document is at least as new as any shard: it decides what is open."""
         for old in tracker.nodes.values():
             if old.episode is not None and old.key not in rows:
@@ -238,8 +269,9 @@ class StateStore:
                 subject, data, mid, alert_id, kind, state = row
                 if not (isinstance(subject, str) and isinstance(data, bytes)):
                     raise TypeError("subject must be text and data bytes")
-                items.append(Outgoing(subject, data, str(mid), str(alert_id), str(kind),
-                                      str(state)))
+                items.append(
+                    Outgoing(subject, data, str(mid), str(alert_id), str(kind), str(state))
+                )
             except (TypeError, ValueError) as e:
                 out.rejected["bad_outbox"] = out.rejected.get("bad_outbox", 0) + 1
                 log.warning("state: skipping a queued alert: %s", e)
@@ -252,17 +284,23 @@ class StateStore:
         alert_id, kind, since, fired_at, notified, count, severity, *rest = ep
         if kind not in ("silent", "never_seen"):
             raise ValueError(f"unknown episode kind {kind!r}")
-        episode = Episode(alert_id=str(alert_id), kind=kind, since=to_mono(float(since)),
-                          fired_at=to_mono(float(fired_at)), count=int(count),
-                          severity=str(severity))
+        episode = Episode(
+            alert_id=str(alert_id),
+            kind=kind,
+            since=to_mono(float(since)),
+            fired_at=to_mono(float(fired_at)),
+            count=int(count),
+            severity=str(severity),
+        )
         episode.notified = to_mono(float(notified))
         if rest and isinstance(rest[0], str):
             episode.site_alert = rest[0]
         return episode
 
     @staticmethod
-    def _restore_row(tracker: Tracker, key: str, row: Any,
-                     to_mono: Callable[[float], float]) -> None:
+    def _restore_row(
+        tracker: Tracker, key: str, row: Any, to_mono: Callable[[float], float]
+    ) -> None:
         from shared.identity import NodeId
 
         NodeId.from_key(key)  # raises InvalidNodeId (a ValueError) on junk

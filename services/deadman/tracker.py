@@ -43,8 +43,16 @@ REMOVED = "removed"
 class Tracker:
     """Per-node silence judgement with a deadline heap."""
 
-    def __init__(self, *, window: float, pending: float, grace: float | None = None,
-                 renotify: float = 0.0, now: float, judgement: Judgement | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        window: float,
+        pending: float,
+        grace: float | None = None,
+        renotify: float = 0.0,
+        now: float,
+        judgement: Judgement | None = None,
+    ) -> None:
         self.window = window
         self.pending = pending
         self.limit = window + pending
@@ -67,8 +75,17 @@ class Tracker:
         self.unregistered = 0  # nodes tracked only because they heartbeat (not in inventory)
 
     # ---- the hot path -------------------------------------------------------------------
-    def heartbeat(self, key: str, now: float, boot: str, seq: int, *, rev: int | None = None,
-                  pid: int | None = None, host: str | None = None) -> Transition | None:
+    def heartbeat(
+        self,
+        key: str,
+        now: float,
+        boot: str,
+        seq: int,
+        *,
+        rev: int | None = None,
+        pid: int | None = None,
+        host: str | None = None,
+    ) -> Transition | None:
         """A valid heartbeat from ``key`` received at ``now``; a resolve if one was open."""
         rec = self.nodes.get(key)
         if rec is None:
@@ -158,8 +175,20 @@ class Tracker:
         if ep is not None:  # still firing: re-notify with a growing count
             ep.count += 1
             ep.notified = now
-            out.append(Transition(ep.kind, "firing", rec.key, ep.alert_id, now, ep.since,
-                                  rec.last_seen, "still silent", ep.severity, ep.count))
+            out.append(
+                Transition(
+                    ep.kind,
+                    "firing",
+                    rec.key,
+                    ep.alert_id,
+                    now,
+                    ep.since,
+                    rec.last_seen,
+                    "still silent",
+                    ep.severity,
+                    ep.count,
+                )
+            )
             return
         severity = "page"
         if rec.last_seen is None:
@@ -184,14 +213,18 @@ class Tracker:
                 severity = "warning"
                 reason = f"{reason}; site {site} is down (alert {site_ep.alert_id})"
                 site_ep.members.add(rec.key)
-        rec.episode = Episode(alert_id=alert_id, kind=kind, since=since, fired_at=now,
-                              severity=severity)
+        rec.episode = Episode(
+            alert_id=alert_id, kind=kind, since=since, fired_at=now, severity=severity
+        )
         self.open.add(rec.key)
         if site_ep is not None:
             rec.episode.site_alert = site_ep.alert_id
         self._note_change(rec, now)
-        out.append(Transition(kind, "firing", rec.key, alert_id, now, since, rec.last_seen,
-                              reason, severity))
+        out.append(
+            Transition(
+                kind, "firing", rec.key, alert_id, now, since, rec.last_seen, reason, severity
+            )
+        )
 
     def _close(self, rec: Record, now: float, reason: str) -> Transition:
         ep = rec.episode
@@ -206,11 +239,32 @@ class Tracker:
                 site_ep.members.discard(rec.key)
                 if len(site_ep.members) < self._site_threshold(site):
                     del self.site_alerts[site]
-                    self.outbox.append(Transition(
-                        "site", "resolved", site, site_ep.alert_id, now, site_ep.since, None,
-                        f"site {site} is back", "page", 1))
-        return Transition(ep.kind, "resolved", rec.key, ep.alert_id, now, ep.since,
-                          rec.last_seen, reason, ep.severity, ep.count)
+                    self.outbox.append(
+                        Transition(
+                            "site",
+                            "resolved",
+                            site,
+                            site_ep.alert_id,
+                            now,
+                            site_ep.since,
+                            None,
+                            f"site {site} is back",
+                            "page",
+                            1,
+                        )
+                    )
+        return Transition(
+            ep.kind,
+            "resolved",
+            rec.key,
+            ep.alert_id,
+            now,
+            ep.since,
+            rec.last_seen,
+            reason,
+            ep.severity,
+            ep.count,
+        )
 
     # ---- sites --------------------------------------------------------------------------
     def _site_threshold(self, site: str) -> int:
@@ -223,8 +277,9 @@ class Tracker:
         if cached is not None and now - cached[0] < min(0.25, self.window / 4):
             return cached[1]
         lo, hi = now - 2 * self.window - self.pending, now - self.window
-        n = sum(1 for r in self.sites.get(site, ())
-                if r.last_seen is not None and lo < r.last_seen < hi)
+        n = sum(
+            1 for r in self.sites.get(site, ()) if r.last_seen is not None and lo < r.last_seen < hi
+        )
         self._site_scan[site] = (now, n)
         return n
 
@@ -235,22 +290,45 @@ class Tracker:
         seen = [s for s, recs in self.sites.items() if any(r.last_seen is not None for r in recs)]
         return len(seen) >= 2 and all(self._partitioned(s, now) for s in seen)
 
-    def _open_site(self, site: str, token: str, now: float,
-                   out: list[Transition]) -> SiteEpisode:
+    def _open_site(self, site: str, token: str, now: float, out: list[Transition]) -> SiteEpisode:
         site_ep = SiteEpisode(episode_id("site", site, token), now - self.limit, now)
         self.site_alerts[site] = site_ep
         n = self._silent_in_site(site, now)
-        out.append(Transition("site", "firing", site, site_ep.alert_id, now, site_ep.since, None,
-                              f"{n} of {len(self.sites[site])} nodes of site {site} went silent "
-                              f"within one window", "page", 1))
+        out.append(
+            Transition(
+                "site",
+                "firing",
+                site,
+                site_ep.alert_id,
+                now,
+                site_ep.since,
+                None,
+                f"{n} of {len(self.sites[site])} nodes of site {site} went silent "
+                f"within one window",
+                "page",
+                1,
+            )
+        )
         return site_ep
 
     def _suspect_self(self, now: float, out: list[Transition]) -> None:
         ep = SiteEpisode(episode_id("self", "deadman", f"suspect\0{now!r}"), now - self.limit, now)
         self.suspect = ep
-        out.append(Transition("self", "firing", "", ep.alert_id, now, ep.since, None,
-                              "every site went silent at once: suspecting the deadman's own "
-                              "view, judging no node", "page", 1))
+        out.append(
+            Transition(
+                "self",
+                "firing",
+                "",
+                ep.alert_id,
+                now,
+                ep.since,
+                None,
+                "every site went silent at once: suspecting the deadman's own "
+                "view, judging no node",
+                "page",
+                1,
+            )
+        )
 
     def _unsuspect(self, now: float) -> None:
         ep = self.suspect
@@ -258,8 +336,20 @@ class Tracker:
         self.suspect = None
         self.hold_all = max(self.hold_all, now + self.limit)
         self._site_scan.clear()
-        self.outbox.append(Transition("self", "resolved", "", ep.alert_id, now, ep.since, None,
-                                      "heartbeats are arriving again", "page", 1))
+        self.outbox.append(
+            Transition(
+                "self",
+                "resolved",
+                "",
+                ep.alert_id,
+                now,
+                ep.since,
+                None,
+                "heartbeats are arriving again",
+                "page",
+                1,
+            )
+        )
 
     # ---- flapping -----------------------------------------------------------------------
     def _note_change(self, rec: Record, now: float) -> None:
@@ -291,8 +381,9 @@ class Tracker:
         self.sites.setdefault(rec.key.partition(".")[0], []).append(rec)
         return rec
 
-    def register(self, key: str, now: float, *, token: str = "",
-                 maintenance: float | None = None) -> None:
+    def register(
+        self, key: str, now: float, *, token: str = "", maintenance: float | None = None
+    ) -> None:
         """An inventory node: watched even if it never heartbeats (never_seen after grace)."""
         rec = self.nodes.get(key)
         if rec is None:
@@ -355,8 +446,17 @@ class Tracker:
             self.hold_all = max(self.hold_all, now + self.limit)
 
     # ---- restart ------------------------------------------------------------------------
-    def restore(self, key: str, *, last_seen: float | None, boot: str | None, seq: int,
-                registered: bool, episode: Episode | None, token: str = "") -> Record:
+    def restore(
+        self,
+        key: str,
+        *,
+        last_seen: float | None,
+        boot: str | None,
+        seq: int,
+        registered: bool,
+        episode: Episode | None,
+        token: str = "",
+    ) -> Record:
         """Put back a node from persisted state (times already converted to monotonic)."""
         rec = Record(key, registered=registered, hold=self.hold_all)
         rec.last_seen = last_seen

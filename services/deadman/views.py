@@ -11,8 +11,9 @@ from services.deadman.tracker import Record, Tracker
 STATUS_LIMIT = 2000  # keeps the reply well under the 1 MiB default max_payload
 
 
-def node_view(tracker: Tracker, rec: Record, now: float,
-              to_wall: Callable[[float], float]) -> dict[str, Any]:
+def node_view(
+    tracker: Tracker, rec: Record, now: float, to_wall: Callable[[float], float]
+) -> dict[str, Any]:
     """One node as the status reply shows it."""
     site, _, node = rec.key.partition(".")
     state = tracker.state(rec, now)
@@ -23,18 +24,26 @@ def node_view(tracker: Tracker, rec: Record, now: float,
     elif rec.last_seen is not None and state in ("late", "down"):
         since = to_wall(rec.last_seen + tracker.window)
     return {
-        "site": site, "node": node, "state": state, "registered": rec.registered,
+        "site": site,
+        "node": node,
+        "state": state,
+        "registered": rec.registered,
         "last_seen": None if rec.last_seen is None else to_wall(rec.last_seen),
-        "since": since, "alert_id": None if ep is None else ep.alert_id,
-        "rev": rec.rev, "pid": rec.pid, "host": rec.host, "boot": rec.boot,
+        "since": since,
+        "alert_id": None if ep is None else ep.alert_id,
+        "rev": rec.rev,
+        "pid": rec.pid,
+        "host": rec.host,
+        "boot": rec.boot,
         "maintenance": rec.maintenance is not None and rec.maintenance > now,
         "flapping": tracker.flapping(rec, now),
         "severity": None if ep is None else ep.severity,
     }
 
 
-def nodes_view(tracker: Tracker, now: float, to_wall: Callable[[float], float], *,
-               limit: int, site: str | None) -> tuple[list[dict[str, Any]], int]:
+def nodes_view(
+    tracker: Tracker, now: float, to_wall: Callable[[float], float], *, limit: int, site: str | None
+) -> tuple[list[dict[str, Any]], int]:
     """Up to ``limit`` nodes (sorted by key, optionally one site) and how many there are."""
     if site is None and limit == 0:
         return [], len(tracker.nodes)

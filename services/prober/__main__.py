@@ -26,9 +26,14 @@ async def serve(settings: ProberSettings) -> int:
     registry = CollectorRegistry()
     # the bus series must exist before connecting so the first connect is counted
     prober_metrics = ProberMetrics.create(registry)
-    connecting = asyncio.create_task(connect(
-        settings.nats, name=f"prober-{settings.instance}", metrics=prober_metrics.bus,
-        ping_interval=max(1.0, min(10.0, settings.interval * 2))))
+    connecting = asyncio.create_task(
+        connect(
+            settings.nats,
+            name=f"prober-{settings.instance}",
+            metrics=prober_metrics.bus,
+            ping_interval=max(1.0, min(10.0, settings.interval * 2)),
+        )
+    )
     stopping = asyncio.create_task(stop.wait())
     # a signal while the broker is still unreachable must end the process, not wait for it
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -42,9 +47,14 @@ async def serve(settings: ProberSettings) -> int:
     nc = connecting.result()
     try:
         prober = Prober(nc=nc, settings=settings, registry=registry, metrics=prober_metrics)
-        log.info("prober %s: interval %gs, max-age %gs, timeout %gs, nats %s",
-                 settings.instance, settings.interval, settings.max_age, settings.timeout,
-                 settings.nats)
+        log.info(
+            "prober %s: interval %gs, max-age %gs, timeout %gs, nats %s",
+            settings.instance,
+            settings.interval,
+            settings.max_age,
+            settings.timeout,
+            settings.nats,
+        )
         await prober.run(stop)
     except ListenError as e:
         log.error("%s", e)

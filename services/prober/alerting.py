@@ -30,8 +30,13 @@ class OpenAlert:
     reason: str
 
     def to_doc(self) -> dict[str, Any]:
-        return {"v": 1, "id": self.id, "since": self.since, "verdict": self.verdict,
-                "reason": self.reason}
+        return {
+            "v": 1,
+            "id": self.id,
+            "since": self.since,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> OpenAlert:
@@ -106,8 +111,16 @@ class Alerting:
             self._seen -= 1
             self._fresh -= st.last_verdict == "fresh"
         if st is not None and st.alert is not None:
-            out.append(Transition("resolved", node, st.alert.id, st.alert.since, "removed",
-                                  "removed from the inventory"))
+            out.append(
+                Transition(
+                    "resolved",
+                    node,
+                    st.alert.id,
+                    st.alert.since,
+                    "removed",
+                    "removed from the inventory",
+                )
+            )
         out.extend(self._check_blind(now))
         return out
 
@@ -115,8 +128,9 @@ class Alerting:
     def blind(self) -> bool:
         return self.blind_since is not None
 
-    def observe(self, node: NodeId, verdict: Verdict, detail: str, *, now: float,
-                quiet: bool = False) -> list[Transition]:
+    def observe(
+        self, node: NodeId, verdict: Verdict, detail: str, *, now: float, quiet: bool = False
+    ) -> list[Transition]:
         """Account one probe result; return the alerts to publish (in order).
 
         ``quiet`` (a maintenance window) counts the result but pages nothing; a target still
@@ -140,21 +154,32 @@ class Alerting:
             out.extend(self._check_blind(now))
             if st.alert is not None and st.fresh >= self.success_threshold:
                 a, st.alert = st.alert, None
-                out.append(Transition("resolved", node, a.id, a.since, verdict,
-                                      f"fresh again ({st.fresh} in a row)"))
+                out.append(
+                    Transition(
+                        "resolved",
+                        node,
+                        a.id,
+                        a.since,
+                        verdict,
+                        f"fresh again ({st.fresh} in a row)",
+                    )
+                )
             return out
         st.fresh = 0
         st.failing += 1
         if st.first_failure is None:
             st.first_failure = now
         out.extend(self._check_blind(now))
-        if st.alert is None and not self.blind and not quiet and (
-            verdict in LIES or st.failing >= self.failure_threshold
+        if (
+            st.alert is None
+            and not self.blind
+            and not quiet
+            and (verdict in LIES or st.failing >= self.failure_threshold)
         ):
-            st.alert = OpenAlert(alert_id(node, st.first_failure), st.first_failure, verdict,
-                                 detail)
-            out.append(Transition("firing", node, st.alert.id, st.first_failure, verdict,
-                                  detail))
+            st.alert = OpenAlert(
+                alert_id(node, st.first_failure), st.first_failure, verdict, detail
+            )
+            out.append(Transition("firing", node, st.alert.id, st.first_failure, verdict, detail))
         elif st.alert is not None:
             st.alert.verdict, st.alert.reason = verdict, detail
         return out
@@ -164,13 +189,23 @@ class Alerting:
         if self._seen >= 2 and not any_fresh and self.blind_since is None:
             self.blind_since = now
             self.blind_id = f"self.prober.{self.instance}.{int(now * 1000)}"
-            kinds = sorted({str(s.last_verdict) for s in self.targets.values()
-                            if s.last_verdict is not None})
-            return [Transition("firing", None, self.blind_id, now, "blind",
-                               f"all {self._seen} targets failing at once ({', '.join(kinds)})")]
+            kinds = sorted(
+                {str(s.last_verdict) for s in self.targets.values() if s.last_verdict is not None}
+            )
+            return [
+                Transition(
+                    "firing",
+                    None,
+                    self.blind_id,
+                    now,
+                    "blind",
+                    f"all {self._seen} targets failing at once ({', '.join(kinds)})",
+                )
+            ]
         if any_fresh and self.blind_since is not None:
             since, ident = self.blind_since, self.blind_id or ""
             self.blind_since = self.blind_id = None
-            return [Transition("resolved", None, ident, since, "fresh",
-                               "a target answers fresh again")]
+            return [
+                Transition("resolved", None, ident, since, "fresh", "a target answers fresh again")
+            ]
         return []

@@ -44,21 +44,31 @@ class DirectConnector(aiohttp.TCPConnector):
     """
 
     async def _wrap_create_connection(
-        self, *args: Any, addr_infos: list[Any], req: Any, timeout: Any,
-        client_error: type[Exception] = aiohttp.ClientConnectorError, **kwargs: Any,
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: Any,
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
     ) -> Any:
         if len(addr_infos) == 1 and not kwargs.get("ssl"):
             family, _type, proto, _name, address = addr_infos[0]
             loop: Any = self._loop  # aiohttp passes protocol factory and ssl args positionally
             try:
                 return await loop.create_connection(
-                    *args, host=address[0], port=address[1], family=family, proto=proto,
-                    **kwargs)
+                    *args, host=address[0], port=address[1], family=family, proto=proto, **kwargs
+                )
             except OSError as exc:
                 raise client_error(req.connection_key, exc) from exc
         return await super()._wrap_create_connection(
-            *args, addr_infos=addr_infos, req=req, timeout=timeout, client_error=client_error,
-            **kwargs)
+            *args,
+            addr_infos=addr_infos,
+            req=req,
+            timeout=timeout,
+            client_error=client_error,
+            **kwargs,
+        )
 
 
 def make_session(*, user_agent: str = "fleetwatch-prober") -> aiohttp.ClientSession:
@@ -80,7 +90,11 @@ def make_session(*, user_agent: str = "fleetwatch-prober") -> aiohttp.ClientSess
 
 
 async def fetch(
-    session: aiohttp.ClientSession, url: str | URL, *, deadline: float, max_body: int,
+    session: aiohttp.ClientSession,
+    url: str | URL,
+    *,
+    deadline: float,
+    max_body: int,
     clock: Clock,
 ) -> Answer:
     """GET ``url`` once within ``deadline`` seconds; never raises for network trouble."""
@@ -95,8 +109,9 @@ async def fetch(
                     body = b"" if truncated else await resp.read()
                 else:
                     body, truncated = await _read_capped(resp, max_body)
-                headers = {k: resp.headers[k] for k in ("Content-Type", "Location")
-                           if k in resp.headers}
+                headers = {
+                    k: resp.headers[k] for k in ("Content-Type", "Location") if k in resp.headers
+                }
                 status = resp.status
                 if truncated:
                     resp.close()  # drop the rest of a huge body instead of draining it

@@ -39,30 +39,61 @@ class ProberMetrics:
         """Register the series on ``registry``."""
         p = "fleetwatch_prober"
         return cls(
-            success=Gauge("probe_success", "1 if the last probe was fresh", ["site", "node"],
-                          registry=registry),
-            body_age=Gauge("probe_body_age_seconds",
-                           "now minus the body timestamp of the last probe (NaN if none)",
-                           ["site", "node"], registry=registry),
-            duration=Histogram("probe_duration_seconds", "Whole-request time of each probe",
-                               buckets=_BUCKETS, registry=registry),
-            verdicts=Counter(f"{p}_verdicts", "Probe results by verdict", ["verdict"],
-                             registry=registry),
-            timeout=Gauge(f"{p}_timeout_seconds", "Effective whole-request probe deadline",
-                          registry=registry),
-            interval=Gauge(f"{p}_interval_seconds", "Time between two probes of one target",
-                           registry=registry),
+            success=Gauge(
+                "probe_success",
+                "1 if the last probe was fresh",
+                ["site", "node"],
+                registry=registry,
+            ),
+            body_age=Gauge(
+                "probe_body_age_seconds",
+                "now minus the body timestamp of the last probe (NaN if none)",
+                ["site", "node"],
+                registry=registry,
+            ),
+            duration=Histogram(
+                "probe_duration_seconds",
+                "Whole-request time of each probe",
+                buckets=_BUCKETS,
+                registry=registry,
+            ),
+            verdicts=Counter(
+                f"{p}_verdicts", "Probe results by verdict", ["verdict"], registry=registry
+            ),
+            timeout=Gauge(
+                f"{p}_timeout_seconds", "Effective whole-request probe deadline", registry=registry
+            ),
+            interval=Gauge(
+                f"{p}_interval_seconds", "Time between two probes of one target", registry=registry
+            ),
             targets=Gauge(f"{p}_targets", "Targets being probed", registry=registry),
-            blind=Gauge(f"{p}_blind", "1 while every target fails at once (we suspect ourselves)",
-                        registry=registry),
-            skipped=Counter(f"{p}_skipped_slots", "Probe slots missed (started late by a slot)",
-                            registry=registry),
-            alerts=Counter(f"{p}_alerts", "Alerts published by kind and state",
-                           ["kind", "state"], registry=registry),
-            publish_retries=Counter(f"{p}_alert_publish_retries",
-                                    "Alert publishes or state writes retried, by reason",
-                                    ["reason"], registry=registry),
-            errors=Counter(f"{p}_errors", "Errors the prober survived, by reason", ["reason"],
-                           registry=registry),
+            blind=Gauge(
+                f"{p}_blind",
+                "1 while every target fails at once (we suspect ourselves)",
+                registry=registry,
+            ),
+            skipped=Counter(
+                f"{p}_skipped_slots",
+                "Probe slots missed (started late by a slot)",
+                registry=registry,
+            ),
+            alerts=Counter(
+                f"{p}_alerts",
+                "Alerts published by kind and state",
+                ["kind", "state"],
+                registry=registry,
+            ),
+            publish_retries=Counter(
+                f"{p}_alert_publish_retries",
+                "Alert publishes or state writes retried, by reason",
+                ["reason"],
+                registry=registry,
+            ),
+            errors=Counter(
+                f"{p}_errors",
+                "Errors the prober survived, by reason",
+                ["reason"],
+                registry=registry,
+            ),
             bus=BusMetrics.create(registry, "prober"),
         )

@@ -30,34 +30,74 @@ SELF_KEY = "self"
 PUBLISH_TIMEOUT = 2.0
 
 
-def build_alert(tr: Transition, *, subjects: Subjects, instance: str, now: float,
-                url: str | None, last_fresh: float | None) -> tuple[str, Alert]:
+def build_alert(
+    tr: Transition,
+    *,
+    subjects: Subjects,
+    instance: str,
+    now: float,
+    url: str | None,
+    last_fresh: float | None,
+) -> tuple[str, Alert]:
     """The subject and Alert message of one transition (pure)."""
     source = f"prober/{instance}"
     if tr.node is None:
         firing = tr.state == "firing"
-        summary = (f"prober {instance} is blind: {tr.reason}" if firing
-                   else f"prober {instance} sees again: {tr.reason}")
-        alert = Alert(id=tr.alert_id, kind="self", state=tr.state, severity="page", site=None,
-                      node=None, ts=now, since=tr.since, last_seen=None,
-                      reason="blind" if firing else "recovered", summary=summary,
-                      source=source)
+        summary = (
+            f"prober {instance} is blind: {tr.reason}"
+            if firing
+            else f"prober {instance} sees again: {tr.reason}"
+        )
+        alert = Alert(
+            id=tr.alert_id,
+            kind="self",
+            state=tr.state,
+            severity="page",
+            site=None,
+            node=None,
+            ts=now,
+            since=tr.since,
+            last_seen=None,
+            reason="blind" if firing else "recovered",
+            summary=summary,
+            source=source,
+        )
         return subjects.alert_self("prober", instance), alert
     node = tr.node
-    summary = (f"{node} probe {tr.verdict}: {tr.reason} ({url or 'its health URL'})"
-               if tr.state == "firing" else f"{node} probe resolved: {tr.reason}")
-    alert = Alert(id=tr.alert_id, kind="probe", state=tr.state, severity="page",
-                  site=node.site, node=node.node, ts=now, since=tr.since, last_seen=last_fresh,
-                  reason=tr.verdict, summary=summary[:4096], source=source)
+    summary = (
+        f"{node} probe {tr.verdict}: {tr.reason} ({url or 'its health URL'})"
+        if tr.state == "firing"
+        else f"{node} probe resolved: {tr.reason}"
+    )
+    alert = Alert(
+        id=tr.alert_id,
+        kind="probe",
+        state=tr.state,
+        severity="page",
+        site=node.site,
+        node=node.node,
+        ts=now,
+        since=tr.since,
+        last_seen=last_fresh,
+        reason=tr.verdict,
+        summary=summary[:4096],
+        source=source,
+    )
     return subjects.alert_probe(node), alert
 
 
 class Outbox:
     """The ordered queue of alert transitions and the task that stores them."""
 
-    def __init__(self, *, js: JetStreamContext, state: KeyValue, metrics: ProberMetrics,
-                 describe: Callable[[Transition], tuple[str, Alert]],
-                 before_publish: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        state: KeyValue,
+        metrics: ProberMetrics,
+        describe: Callable[[Transition], tuple[str, Alert]],
+        before_publish: Callable[[], Awaitable[None]],
+    ) -> None:
         self.js = js
         self.state = state
         self.metrics = metrics
@@ -110,8 +150,14 @@ class Outbox:
             except Exception as e:
                 attempt += 1
                 self.metrics.publish_retries.labels(type(e).__name__.lower()).inc()
-                log.warning("alert %s %s not stored yet (%s: %s); retry %d", tr.alert_id,
-                            tr.state, type(e).__name__, e, attempt)
+                log.warning(
+                    "alert %s %s not stored yet (%s: %s); retry %d",
+                    tr.alert_id,
+                    tr.state,
+                    type(e).__name__,
+                    e,
+                    attempt,
+                )
                 await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
 
     async def _persist(self, key: str, tr: Transition) -> None:
@@ -125,8 +171,9 @@ class Outbox:
                 pass
 
 
-async def restore_open_alerts(state: KeyValue, alerting: Alerting,
-                              on_bad: Callable[[str], None]) -> int:
+async def restore_open_alerts(
+    state: KeyValue, alerting: Alerting, on_bad: Callable[[str], None]
+) -> int:
     """Reload alerts that were open when the previous run stopped; return how many."""
     try:
         keys = await state.keys()

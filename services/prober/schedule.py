@@ -38,8 +38,7 @@ def next_slot(*, now: float, phase: float, interval: float) -> float:
     return slot
 
 
-def following_slot(*, previous: float | None, now: float, phase: float, interval: float
-                   ) -> float:
+def following_slot(*, previous: float | None, now: float, phase: float, interval: float) -> float:
     """The next slot to probe in: after ``now`` and always after the slot just used.
 
     A timer may wake a hair early (the event loop rounds to the millisecond); without the

@@ -74,20 +74,32 @@ class Target:
 class Prober:
     """One prober instance; ``run(stop)`` until the stop event is set."""
 
-    def __init__(self, *, nc: NATS, settings: ProberSettings, clock: Clock | None = None,
-                 registry: CollectorRegistry | None = None,
-                 metrics: ProberMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        settings: ProberSettings,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+        metrics: ProberMetrics | None = None,
+    ) -> None:
         self.nc = nc
         self.settings = settings
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry()
         self.metrics = metrics or ProberMetrics.create(self.registry)
         self.subjects = Subjects(settings.prefix)
-        self.rules = Rules(max_age=settings.max_age, future_tolerance=settings.future_tolerance,
-                           ts_fields=tuple(settings.ts_field), max_body=settings.max_body)
-        self.alerting = Alerting(failure_threshold=settings.failure_threshold,
-                                 success_threshold=settings.success_threshold,
-                                 instance=settings.instance)
+        self.rules = Rules(
+            max_age=settings.max_age,
+            future_tolerance=settings.future_tolerance,
+            ts_fields=tuple(settings.ts_field),
+            max_body=settings.max_body,
+        )
+        self.alerting = Alerting(
+            failure_threshold=settings.failure_threshold,
+            success_threshold=settings.success_threshold,
+            instance=settings.instance,
+        )
         self.targets: dict[NodeId, Target] = {}
         self.metrics_url: str | None = None
         self.ready = asyncio.Event()
@@ -118,9 +130,11 @@ class Prober:
         self._session = make_session()
         sub = await self.nc.subscribe(
             self.subjects.service_status("prober"),
-            cb=guarded(self._on_status, what="status request", on_error=self._count_error))
-        view = InventoryView(store.nodes, on_change=self._on_inventory,
-                             resync_every=self.settings.resync)
+            cb=guarded(self._on_status, what="status request", on_error=self._count_error),
+        )
+        view = InventoryView(
+            store.nodes, on_change=self._on_inventory, resync_every=self.settings.resync
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -152,20 +166,30 @@ class Prober:
         while not stop.is_set():
             try:
                 store = await ensure_fleet(js, self.subjects)
-                self._state, _ = await ensure_kv(js, KeyValueConfig(
-                    bucket=self.subjects.state_bucket("prober"), history=1,
-                    storage=StorageType.FILE))
+                self._state, _ = await ensure_kv(
+                    js,
+                    KeyValueConfig(
+                        bucket=self.subjects.state_bucket("prober"),
+                        history=1,
+                        storage=StorageType.FILE,
+                    ),
+                )
                 assert self._state is not None
                 await restore_open_alerts(self._state, self.alerting, self._count_error)
-                self._outbox = Outbox(js=js, state=self._state, metrics=self.metrics,
-                                      describe=self._describe,
-                                      before_publish=self._send_results)
+                self._outbox = Outbox(
+                    js=js,
+                    state=self._state,
+                    metrics=self.metrics,
+                    describe=self._describe,
+                    before_publish=self._send_results,
+                )
                 return store
             except Exception as e:
                 attempt += 1
                 self._count_error("setup")
-                log.warning("JetStream setup failed (%s: %s); retry %d", type(e).__name__, e,
-                            attempt)
+                log.warning(
+                    "JetStream setup failed (%s: %s); retry %d", type(e).__name__, e, attempt
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(0.2 * attempt, 2.0)):
                         await stop.wait()
@@ -179,8 +203,10 @@ class Prober:
         try:
             runner = await serve_http(app, host=host, port=port)
         except OSError as e:
-            raise ListenError(f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
-                              "(choose another --metrics-port, or 0 for a free one)") from None
+            raise ListenError(
+                f"cannot serve metrics on {host}:{port}: {e.strerror or e} "
+                "(choose another --metrics-port, or 0 for a free one)"
+            ) from None
         shown = f"[{host}]" if ":" in host else host
         self.metrics_url = f"http://{shown}:{bound_port(runner)}/metrics"
         log.info("prober %s: metrics at %s", self.settings.instance, self.metrics_url)
@@ -196,11 +222,13 @@ class Prober:
             if current is not None:
                 self._remove(node)
             return
-        self._upsert(node, entry.health_url, from_flag=False,
-                     maintenance_until=entry.maintenance_until)
+        self._upsert(
+            node, entry.health_url, from_flag=False, maintenance_until=entry.maintenance_until
+        )
 
-    def _upsert(self, node: NodeId, url: str, *, from_flag: bool,
-                maintenance_until: float | None = None) -> None:
+    def _upsert(
+        self, node: NodeId, url: str, *, from_flag: bool, maintenance_until: float | None = None
+    ) -> None:
         t = self.targets.get(node)
         if t is not None:
             t.maintenance_until = maintenance_until
@@ -208,8 +236,13 @@ class Prober:
                 log.info("target %s: url now %s", node, url)
                 t.url = url
             return
-        t = Target(node, url, phase(node, self.settings.interval), from_flag=from_flag,
-                   maintenance_until=maintenance_until)
+        t = Target(
+            node,
+            url,
+            phase(node, self.settings.interval),
+            from_flag=from_flag,
+            maintenance_until=maintenance_until,
+        )
         self.targets[node] = t
         self.alerting.add(node)
         if self._tg is not None:
@@ -261,9 +294,13 @@ class Prober:
                     self.metrics.skipped.inc(missed)
                 if t.target_url is None or t.parsed_from != t.url:
                     t.target_url, t.parsed_from = URL(t.url, encoded=True), t.url
-                answer = await fetch(self._session_or_fail(), t.target_url,
-                                     deadline=self.settings.timeout,
-                                     max_body=self.settings.max_body, clock=self.clock)
+                answer = await fetch(
+                    self._session_or_fail(),
+                    t.target_url,
+                    deadline=self.settings.timeout,
+                    max_body=self.settings.max_body,
+                    clock=self.clock,
+                )
             try:
                 await self._record(t, answer)
             except Exception as e:  # a bad result must never end the target's loop
@@ -284,18 +321,34 @@ class Prober:
         """The verdict on one answer (transport failures pass through)."""
         if answer.failure is not None or answer.status is None:
             return Judgement(answer.failure or "refused", None, answer.failure_detail)
-        return judge(status=answer.status, headers=answer.headers, body=answer.body,
-                     truncated=answer.truncated, now=now, rules=self.rules)
+        return judge(
+            status=answer.status,
+            headers=answer.headers,
+            body=answer.body,
+            truncated=answer.truncated,
+            now=now,
+            rules=self.rules,
+        )
 
     async def _record(self, t: Target, answer: Answer) -> None:
         now = self.clock.wall()
         j = self.judge(answer, now)
-        status = answer.status if answer.status is not None and 100 <= answer.status <= 999 \
-            else None
+        status = (
+            answer.status if answer.status is not None and 100 <= answer.status <= 999 else None
+        )
         age = j.age if j.age is not None and math.isfinite(j.age) else None
-        result = ProbeResult(site=t.node.site, node=t.node.node, ts=now, url=t.url[:2048],
-                             verdict=j.verdict, ok=j.ok, status=status, age=age,
-                             latency=max(answer.latency, 0.0), detail=j.detail[:4096])
+        result = ProbeResult(
+            site=t.node.site,
+            node=t.node.node,
+            ts=now,
+            url=t.url[:2048],
+            verdict=j.verdict,
+            ok=j.ok,
+            status=status,
+            age=age,
+            latency=max(answer.latency, 0.0),
+            detail=j.detail[:4096],
+        )
         t.last, t.last_mono = result, self.clock.monotonic()
         m = self.metrics
         counter = self._verdict_counters.get(j.verdict)
@@ -314,8 +367,7 @@ class Prober:
         self._results_ready.set()
         if t.node in self.targets:
             quiet = t.maintenance_until is not None and now < t.maintenance_until
-            self._queue(self.alerting.observe(t.node, j.verdict, j.detail, now=now,
-                                              quiet=quiet))
+            self._queue(self.alerting.observe(t.node, j.verdict, j.detail, now=now, quiet=quiet))
             m.blind.set(1 if self.alerting.blind else 0)
 
     async def _result_sender(self) -> None:
@@ -344,9 +396,14 @@ class Prober:
     def _describe(self, tr: Transition) -> tuple[str, Alert]:
         t = self.targets.get(tr.node) if tr.node is not None else None
         last_fresh = self._last_fresh.get(tr.node) if tr.node is not None else None
-        return build_alert(tr, subjects=self.subjects, instance=self.settings.instance,
-                           now=self.clock.wall(), url=t.url if t else None,
-                           last_fresh=last_fresh)
+        return build_alert(
+            tr,
+            subjects=self.subjects,
+            instance=self.settings.instance,
+            now=self.clock.wall(),
+            url=t.url if t else None,
+            last_fresh=last_fresh,
+        )
 
     # ---- status and health -----------------------------------------------------------------
 
@@ -357,19 +414,31 @@ class Prober:
             t = self.targets[node]
             st = self.alerting.targets.get(node)
             r = t.last
-            rows.append({
-                "site": node.site, "node": node.node, "url": t.url,
-                "verdict": r.verdict if r else None, "ok": r.ok if r else None,
-                "age": r.age if r else None, "status": r.status if r else None,
-                "latency": r.latency if r else None, "ts": r.ts if r else None,
-                "alert_id": st.alert.id if st and st.alert else None,
-                "failing": st.failing if st else 0,
-                "maintenance": t.maintenance_until is not None
-                and self.clock.wall() < t.maintenance_until,
-            })
-        return {"service": "prober", "instance": self.settings.instance,
-                "interval": self.settings.interval, "blind": self.alerting.blind,
-                "metrics_url": self.metrics_url, "targets": rows}
+            rows.append(
+                {
+                    "site": node.site,
+                    "node": node.node,
+                    "url": t.url,
+                    "verdict": r.verdict if r else None,
+                    "ok": r.ok if r else None,
+                    "age": r.age if r else None,
+                    "status": r.status if r else None,
+                    "latency": r.latency if r else None,
+                    "ts": r.ts if r else None,
+                    "alert_id": st.alert.id if st and st.alert else None,
+                    "failing": st.failing if st else 0,
+                    "maintenance": t.maintenance_until is not None
+                    and self.clock.wall() < t.maintenance_until,
+                }
+            )
+        return {
+            "service": "prober",
+            "instance": self.settings.instance,
+            "interval": self.settings.interval,
+            "blind": self.alerting.blind,
+            "metrics_url": self.metrics_url,
+            "targets": rows,
+        }
 
     async def _on_status(self, msg: Msg) -> None:
         if msg.reply:
@@ -379,20 +448,26 @@ class Prober:
         """Healthy when connected and probes keep completing (checked now, not cached)."""
         mono = self.clock.monotonic()
         limit = 2 * self.settings.interval + self.settings.timeout + 1.0
-        latest = max((t.last_mono for t in self.targets.values() if t.last_mono is not None),
-                     default=None)
+        latest = max(
+            (t.last_mono for t in self.targets.values() if t.last_mono is not None), default=None
+        )
         if latest is None:
             progressing = not self.targets or mono - self._started <= limit
         else:
             progressing = mono - latest <= limit
         connected = self.nc.is_connected
         ok = connected and progressing
-        return ok, {"ok": ok, "ts": self.clock.wall(), "service": "prober",
-                    "instance": self.settings.instance, "connected": connected,
-                    "targets": len(self.targets),
-                    "last_probe_age": None if latest is None else mono - latest,
-                    "blind": self.alerting.blind,
-                    "alerts_pending": self._outbox.pending if self._outbox else 0}
+        return ok, {
+            "ok": ok,
+            "ts": self.clock.wall(),
+            "service": "prober",
+            "instance": self.settings.instance,
+            "connected": connected,
+            "targets": len(self.targets),
+            "last_probe_age": None if latest is None else mono - latest,
+            "blind": self.alerting.blind,
+            "alerts_pending": self._outbox.pending if self._outbox else 0,
+        }
 
     async def _healthz(self, _: web.Request) -> web.Response:
         ok, body = self.health()
@@ -400,4 +475,3 @@ class Prober:
 
     def _count_error(self, reason: str) -> None:
         self.metrics.errors.labels(reason).inc()
-

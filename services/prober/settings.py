@@ -56,9 +56,7 @@ class ProberSettings(ServiceSettings):
         ["ts"],
         description="body field(s) holding the timestamp, first present wins",
     )
-    target: list[str] = Field(
-        [], description="extra target SITE/NODE=URL besides the inventory"
-    )
+    target: list[str] = Field([], description="extra target SITE/NODE=URL besides the inventory")
     failure_threshold: int = Field(3, ge=1, description="consecutive failures before a page")
     success_threshold: int = Field(2, ge=1, description="consecutive fresh results to resolve")
     concurrency: int = Field(256, ge=1, le=10000, description="probes in flight at most")

@@ -97,7 +97,12 @@ def _fmt(seconds: float) -> str:
 
 
 def judge(
-    *, status: int, headers: Mapping[str, str], body: bytes, truncated: bool, now: float,
+    *,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    truncated: bool,
+    now: float,
     rules: Rules,
 ) -> Judgement:
     """The verdict on one HTTP answer received at wall time ``now``."""
@@ -130,7 +135,8 @@ def judge(
         return Judgement("stale", age, f"body is {_fmt(age)} old (max {_fmt(rules.max_age)})")
     if -age > rules.future_tolerance:
         return Judgement(
-            "future", age,
+            "future",
+            age,
             f"body is {_fmt(-age)} ahead of our clock (tolerance {_fmt(rules.future_tolerance)})",
         )
     ok = doc.get("ok", True)
@@ -142,8 +148,16 @@ def judge(
 
 
 _CUT_SHORT = frozenset({"ClientPayloadError", "ContentLengthError", "TransferEncodingError"})
-_MALFORMED = frozenset({"ClientResponseError", "BadStatusLine", "BadHttpMessage", "LineTooLong",
-                        "InvalidHeader", "BadHttpMethod"})
+_MALFORMED = frozenset(
+    {
+        "ClientResponseError",
+        "BadStatusLine",
+        "BadHttpMessage",
+        "LineTooLong",
+        "InvalidHeader",
+        "BadHttpMethod",
+    }
+)
 
 
 def classify_error(exc: BaseException) -> tuple[Verdict, str]:

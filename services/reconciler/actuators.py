@@ -177,8 +177,12 @@ class CommandActuator:
         env = dict(os.environ, FLEETWATCH_REVISION=str(revision))
         try:
             proc = await asyncio.create_subprocess_shell(
-                self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+                self.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
         except OSError as e:
             return ApplyResult(False, errors=(f"cannot start apply command: {e}",))

@@ -20,8 +20,16 @@ from shared.inventory import read_desired
 class AgentHealth:
     """The health handler of one agent loop."""
 
-    def __init__(self, *, loop: ReconcileLoop, kv: KeyValue, clock: Clock, max_age: float,
-                 timeout: float = 1.0, metrics: AgentMetrics | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        loop: ReconcileLoop,
+        kv: KeyValue,
+        clock: Clock,
+        max_age: float,
+        timeout: float = 1.0,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.loop = loop
         self.kv = kv
         self.clock = clock
@@ -35,8 +43,13 @@ class AgentHealth:
         read = await read_desired(self.kv, self.loop.node, timeout=self.timeout)
         now = self.clock.monotonic()
         kv_ok = read.status != "read_error"
-        verdict = freshness(now=now, last_cycle=self.loop.last_cycle_mono, max_age=self.max_age,
-                            kv_ok=kv_ok, kv_error=read.error)
+        verdict = freshness(
+            now=now,
+            last_cycle=self.loop.last_cycle_mono,
+            max_age=self.max_age,
+            kv_ok=kv_ok,
+            kv_error=read.error,
+        )
         body = {
             "ok": verdict.ok,
             "ts": self.clock.wall(),
@@ -54,5 +67,6 @@ class AgentHealth:
         }
         if self.metrics is not None:
             self.metrics.health.labels("ok" if verdict.ok else "fail").inc()
-        return web.json_response(body, status=200 if verdict.ok else 503,
-                                 headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            body, status=200 if verdict.ok else 503, headers={"Cache-Control": "no-store"}
+        )

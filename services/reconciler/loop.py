@@ -160,17 +160,32 @@ class ReconcileLoop:
             outcome = decision.action  # unknown_desired / stale_revision: nothing changes
             errors.append(decision.detail)
         if self.failures:
-            log.info("%s: desired read works again after %d failed attempts", self.node,
-                     self.failures)
+            log.info(
+                "%s: desired read works again after %d failed attempts", self.node, self.failures
+            )
         self.failures = 0
         now_mono, now_wall = self.clock.monotonic(), self.clock.wall()
         self.last_cycle_mono, self.last_cycle_wall = now_mono, now_wall
         self.last_outcome = outcome
-        report = self._report(outcome, rev=decision.revision, drift=decision.drift,
-                              applied=applied, errors=errors, duration=now_mono - t0)
-        hb = Heartbeat(site=self.node.site, node=self.node.node, boot=self.boot, seq=self.hb_seq,
-                       ts=now_wall, interval=self.interval, rev=self.applied_rev,
-                       pid=self.pid, host=self.host[:255] or None)
+        report = self._report(
+            outcome,
+            rev=decision.revision,
+            drift=decision.drift,
+            applied=applied,
+            errors=errors,
+            duration=now_mono - t0,
+        )
+        hb = Heartbeat(
+            site=self.node.site,
+            node=self.node.node,
+            boot=self.boot,
+            seq=self.hb_seq,
+            ts=now_wall,
+            interval=self.interval,
+            rev=self.applied_rev,
+            pid=self.pid,
+            host=self.host[:255] or None,
+        )
         # The report goes first: whoever sees the heartbeat can already see what the cycle did.
         await self._publish(self._report_subject, encode(report))
         sent = await self._publish(self._hb_subject, encode(hb))
@@ -188,8 +203,14 @@ class ReconcileLoop:
         self.failures += 1
         self.last_outcome = "read_error"
         self._count_error(read_error_reason(error))
-        report = self._report("read_error", rev=None, drift=(), applied=(), errors=[error],
-                              duration=self.clock.monotonic() - t0)
+        report = self._report(
+            "read_error",
+            rev=None,
+            drift=(),
+            applied=(),
+            errors=[error],
+            duration=self.clock.monotonic() - t0,
+        )
         if self.nc.is_connected:  # buffering a report for a later reconnect would only mislead
             await self._publish(self._report_subject, encode(report))
         if self.metrics is not None:
@@ -197,8 +218,9 @@ class ReconcileLoop:
         # Log the first failure of a streak only: a broker outage under `fleetwatch sim` would
         # otherwise print one line per loop per retry.
         if self.failures == 1:
-            log.warning("%s: desired read failed (%s); no heartbeat until it works", self.node,
-                        error)
+            log.warning(
+                "%s: desired read failed (%s); no heartbeat until it works", self.node, error
+            )
         else:
             log.debug("%s: desired read failed again (%d): %s", self.node, self.failures, error)
         return CycleResult("read_error", report, None, None)
@@ -222,13 +244,29 @@ class ReconcileLoop:
         if self.metrics is not None:
             self.metrics.applied_revision.set(revision)
 
-    def _report(self, outcome: ReconcileOutcome, *, rev: int | None, drift: tuple[str, ...],
-                applied: tuple[str, ...], errors: list[str], duration: float) -> ReconcileReport:
+    def _report(
+        self,
+        outcome: ReconcileOutcome,
+        *,
+        rev: int | None,
+        drift: tuple[str, ...],
+        applied: tuple[str, ...],
+        errors: list[str],
+        duration: float,
+    ) -> ReconcileReport:
         report = ReconcileReport(
-            site=self.node.site, node=self.node.node, ts=self.clock.wall(), boot=self.boot,
-            seq=self.report_seq, outcome=outcome, rev=rev, applied_rev=self.applied_rev,
-            drift=list(drift), applied=[a[:4096] for a in applied][:1000],
-            errors=[e[:4096] for e in errors if e][:1000], duration=max(0.0, duration),
+            site=self.node.site,
+            node=self.node.node,
+            ts=self.clock.wall(),
+            boot=self.boot,
+            seq=self.report_seq,
+            outcome=outcome,
+            rev=rev,
+            applied_rev=self.applied_rev,
+            drift=list(drift),
+            applied=[a[:4096] for a in applied][:1000],
+            errors=[e[:4096] for e in errors if e][:1000],
+            duration=max(0.0, duration),
         )
         self.report_seq += 1
         return report
@@ -238,8 +276,7 @@ class ReconcileLoop:
             await self.nc.publish(subject, data)
         except Exception as e:
             self._count_error("publish")
-            log.warning("%s: publish to %s failed: %s: %s", self.node, subject,
-                        type(e).__name__, e)
+            log.warning("%s: publish to %s failed: %s: %s", self.node, subject, type(e).__name__, e)
             return False
         return True
 
@@ -275,8 +312,11 @@ class ReconcileLoop:
         waiter = asyncio.ensure_future(stop.wait())
         waiter.add_done_callback(lambda _: self.wake())
         try:
-            delay = (first_delay(self.interval, self.rng.random())
-                     if self.initial_delay is None else self.initial_delay)
+            delay = (
+                first_delay(self.interval, self.rng.random())
+                if self.initial_delay is None
+                else self.initial_delay
+            )
             due = self.clock.monotonic() + delay
             while not stop.is_set():
                 await self._sleep(due - self.clock.monotonic())

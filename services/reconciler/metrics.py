@@ -28,22 +28,40 @@ class AgentMetrics:
         """Register the series in ``registry``."""
         p = "fleetwatch_agent"
         return cls(
-            cycles=Counter(f"{p}_cycles", "Reconcile cycles by outcome", ["outcome"],
-                           registry=registry),
-            errors=Counter(f"{p}_reconcile_errors", "Reconcile errors by reason", ["reason"],
-                           registry=registry),
+            cycles=Counter(
+                f"{p}_cycles", "Reconcile cycles by outcome", ["outcome"], registry=registry
+            ),
+            errors=Counter(
+                f"{p}_reconcile_errors", "Reconcile errors by reason", ["reason"], registry=registry
+            ),
             heartbeats=Counter(f"{p}_heartbeats", "Heartbeats published", registry=registry),
-            kv_read=Histogram(f"{p}_kv_read_seconds", "Desired-state read round trip",
-                              buckets=_FAST, registry=registry),
-            cycle_seconds=Histogram(f"{p}_cycle_seconds", "Wall time of one reconcile cycle",
-                                    buckets=_FAST, registry=registry),
-            lateness=Histogram(f"{p}_cycle_lateness_seconds",
-                               "How late a cycle started against its schedule",
-                               buckets=_FAST, registry=registry),
-            applied_revision=Gauge(f"{p}_applied_revision", "Desired revision last applied",
-                                   registry=registry),
-            last_cycle=Gauge(f"{p}_last_cycle_timestamp_seconds",
-                             "Unix time the last cycle completed", registry=registry),
-            health=Counter(f"{p}_health_checks", "Health requests by result", ["result"],
-                           registry=registry),
+            kv_read=Histogram(
+                f"{p}_kv_read_seconds",
+                "Desired-state read round trip",
+                buckets=_FAST,
+                registry=registry,
+            ),
+            cycle_seconds=Histogram(
+                f"{p}_cycle_seconds",
+                "Wall time of one reconcile cycle",
+                buckets=_FAST,
+                registry=registry,
+            ),
+            lateness=Histogram(
+                f"{p}_cycle_lateness_seconds",
+                "How late a cycle started against its schedule",
+                buckets=_FAST,
+                registry=registry,
+            ),
+            applied_revision=Gauge(
+                f"{p}_applied_revision", "Desired revision last applied", registry=registry
+            ),
+            last_cycle=Gauge(
+                f"{p}_last_cycle_timestamp_seconds",
+                "Unix time the last cycle completed",
+                registry=registry,
+            ),
+            health=Counter(
+                f"{p}_health_checks", "Health requests by result", ["result"], registry=registry
+            ),
         )

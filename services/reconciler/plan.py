@@ -72,14 +72,21 @@ def decide(read: DesiredRead, *, applied_rev: int | None, current: Mapping[str, 
     if read.status == "read_error":
         return Decision("read_error", detail=read.error or "desired read failed")
     if read.status != "ok" or read.document is None:
-        what = {"missing": "no desired state", "deleted": "desired state deleted",
-                "invalid": "desired state unreadable"}.get(read.status, read.status)
-        return Decision("unknown_desired", revision=read.revision,
-                        detail=f"{what}: {read.error}" if read.error else what)
+        what = {
+            "missing": "no desired state",
+            "deleted": "desired state deleted",
+            "invalid": "desired state unreadable",
+        }.get(read.status, read.status)
+        return Decision(
+            "unknown_desired",
+            revision=read.revision,
+            detail=f"{what}: {read.error}" if read.error else what,
+        )
     rev = read.revision or 0
     if applied_rev is not None and rev < applied_rev:
         return Decision(
-            "stale_revision", revision=rev,
+            "stale_revision",
+            revision=rev,
             detail=f"desired revision {rev} is older than applied revision {applied_rev}",
         )
     drift = diff(read.document, current)
@@ -139,8 +146,9 @@ class Freshness:
     reason: str
 
 
-def freshness(*, now: float, last_cycle: float | None, max_age: float, kv_ok: bool,
-              kv_error: str = "") -> Freshness:
+def freshness(
+    *, now: float, last_cycle: float | None, max_age: float, kv_ok: bool, kv_error: str = ""
+) -> Freshness:
     """200 only if the broker answered now and the last completed cycle is recent enough."""
     age = None if last_cycle is None else max(0.0, now - last_cycle)
     if not kv_ok:

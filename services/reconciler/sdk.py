@@ -100,8 +100,14 @@ class Liveness:
             return self._last_wall
 
 
-def liveness_health(liveness: Liveness, *, node: NodeId, clock: Clock,
-                    check: Check | None = None, timeout: float = 1.0) -> HealthHandler:
+def liveness_health(
+    liveness: Liveness,
+    *,
+    node: NodeId,
+    clock: Clock,
+    check: Check | None = None,
+    timeout: float = 1.0,
+) -> HealthHandler:
     """A ``/healthz`` handler: fresh liveness and a passing ``check`` done now, else 503."""
 
     async def handle(_: web.Request) -> web.Response:
@@ -135,8 +141,9 @@ def liveness_health(liveness: Liveness, *, node: NodeId, clock: Clock,
             "check_rtt": clock.monotonic() - t0,
             "reason": reason,
         }
-        return web.json_response(body, status=200 if ok else 503,
-                                 headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            body, status=200 if ok else 503, headers={"Cache-Control": "no-store"}
+        )
 
     return handle
 
@@ -144,8 +151,17 @@ def liveness_health(liveness: Liveness, *, node: NodeId, clock: Clock,
 class HeartbeatPublisher:
     """Heartbeats that stop when the worker stops: one per interval, only after new work."""
 
-    def __init__(self, *, nc: NATS, subjects: Subjects, node: NodeId, liveness: Liveness,
-                 clock: Clock, interval: float, boot: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nc: NATS,
+        subjects: Subjects,
+        node: NodeId,
+        liveness: Liveness,
+        clock: Clock,
+        interval: float,
+        boot: str | None = None,
+    ) -> None:
         self.nc = nc
         self.subject = subjects.hb(node)
         self.node = node
@@ -163,9 +179,16 @@ class HeartbeatPublisher:
         count = self.liveness.touches
         if count <= self._seen or not self.liveness.fresh():
             return False
-        hb = Heartbeat(site=self.node.site, node=self.node.node, boot=self.boot, seq=self.seq,
-                       ts=self.clock.wall(), interval=self.interval, pid=self._pid,
-                       host=self._host)
+        hb = Heartbeat(
+            site=self.node.site,
+            node=self.node.node,
+            boot=self.boot,
+            seq=self.seq,
+            ts=self.clock.wall(),
+            interval=self.interval,
+            pid=self._pid,
+            host=self._host,
+        )
         try:
             await self.nc.publish(self.subject, encode(hb))
         except Exception as e:

@@ -48,8 +48,9 @@ def make_actuator(settings: AgentSettings) -> Actuator:
     """``--apply-cmd`` if given, else the files actuator, both keeping state in the state dir."""
     state_dir = settings.effective_state_dir
     if settings.apply_cmd:
-        return CommandActuator(settings.apply_cmd, state_dir=state_dir,
-                               timeout=settings.apply_timeout)
+        return CommandActuator(
+            settings.apply_cmd, state_dir=state_dir, timeout=settings.apply_timeout
+        )
     return FilesActuator(state_dir)
 
 
@@ -65,8 +66,9 @@ def health_url_for(settings: AgentSettings, port: int) -> str:
     return f"http://{host}:{port}/healthz"
 
 
-async def register(kv: KeyValue, node: NodeId, health_url: str, *, now: float,
-                   attempts: int = 5) -> int | None:
+async def register(
+    kv: KeyValue, node: NodeId, health_url: str, *, now: float, attempts: int = 5
+) -> int | None:
     """Add or update this node's inventory entry by compare-and-set; None if already right."""
     for _ in range(attempts):
         try:
@@ -79,8 +81,11 @@ async def register(kv: KeyValue, node: NodeId, health_url: str, *, now: float,
             old, rev = None, 0
         if old is not None and old.health_url == health_url:
             return None
-        entry = (old.model_copy(update={"health_url": health_url}) if old is not None else
-                 InventoryEntry(site=node.site, node=node.node, health_url=health_url, added=now))
+        entry = (
+            old.model_copy(update={"health_url": health_url})
+            if old is not None
+            else InventoryEntry(site=node.site, node=node.node, health_url=health_url, added=now)
+        )
         try:
             return await cas_put(kv, node.key, entry.encode(), if_revision=rev)
         except RevisionConflict:
@@ -160,10 +165,15 @@ async def run_agent(
     if nc is None:
         ping = max(1.0, min(10.0, settings.interval * 3))
         nc = await _connect_or_stop(
-            connect(settings.nats, name=f"fleetwatch-agent-{node.key}",
-                    metrics=BusMetrics.create(registry, "agent"), ping_interval=ping,
-                    on_reconnect=on_reconnect),
-            stop)
+            connect(
+                settings.nats,
+                name=f"fleetwatch-agent-{node.key}",
+                metrics=BusMetrics.create(registry, "agent"),
+                ping_interval=ping,
+                on_reconnect=on_reconnect,
+            ),
+            stop,
+        )
         if nc is None:
             return 0
     runner: web.AppRunner | None = None
@@ -174,28 +184,49 @@ async def run_agent(
         state_dir = settings.effective_state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         loop = ReconcileLoop(
-            node=node, nc=nc, kv=store.desired, subjects=subjects,
-            actuator=make_actuator(settings), revisions=FileRevisions(state_dir), clock=clock,
-            interval=settings.interval, read_timeout=settings.read_timeout, metrics=metrics,
+            node=node,
+            nc=nc,
+            kv=store.desired,
+            subjects=subjects,
+            actuator=make_actuator(settings),
+            revisions=FileRevisions(state_dir),
+            clock=clock,
+            interval=settings.interval,
+            read_timeout=settings.read_timeout,
+            metrics=metrics,
         )
         wake_hook.append(loop)
-        health = AgentHealth(loop=loop, kv=store.desired, clock=clock,
-                             max_age=settings.effective_max_age,
-                             timeout=min(1.0, settings.read_timeout), metrics=metrics)
-        runner = await serve_http(metrics_app(registry, health.handle),
-                                  host=settings.health_host, port=settings.health_port)
+        health = AgentHealth(
+            loop=loop,
+            kv=store.desired,
+            clock=clock,
+            max_age=settings.effective_max_age,
+            timeout=min(1.0, settings.read_timeout),
+            metrics=metrics,
+        )
+        runner = await serve_http(
+            metrics_app(registry, health.handle),
+            host=settings.health_host,
+            port=settings.health_port,
+        )
         port = bound_port(runner)
         url = health_url_for(settings, port)
-        log.info("agent %s (boot %s, pid %d): health on %s, state in %s, interval %.3gs",
-                 node, loop.boot, loop.pid, url, state_dir, settings.interval)
+        log.info(
+            "agent %s (boot %s, pid %d): health on %s, state in %s, interval %.3gs",
+            node,
+            loop.boot,
+            loop.pid,
+            url,
+            state_dir,
+            settings.interval,
+        )
         if on_ready is not None:
             on_ready(AgentHandle(loop=loop, health_url=url, port=port))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(loop.run(stop))
             tg.create_task(watch_desired(store.desired, loop, stop))
             if settings.register:
-                tg.create_task(register_until_done(store.nodes, node, url, clock=clock,
-                                                   stop=stop))
+                tg.create_task(register_until_done(store.nodes, node, url, clock=clock, stop=stop))
         return 0
     finally:
         if runner is not None:
@@ -207,8 +238,9 @@ async def run_agent(
                 await nc.close()
 
 
-async def _connect_or_stop(connecting: Coroutine[Any, Any, NATS],
-                           stop: asyncio.Event) -> NATS | None:
+async def _connect_or_stop(
+    connecting: Coroutine[Any, Any, NATS], stop: asyncio.Event
+) -> NATS | None:
     """The first connect waits for a server forever; a stop signal must still end the process."""
     task = asyncio.ensure_future(connecting)
     stopper = asyncio.ensure_future(stop.wait())
@@ -224,8 +256,9 @@ async def _connect_or_stop(connecting: Coroutine[Any, Any, NATS],
     return None
 
 
-async def register_until_done(kv: KeyValue, node: NodeId, url: str, *, clock: Clock,
-                              stop: asyncio.Event) -> None:
+async def register_until_done(
+    kv: KeyValue, node: NodeId, url: str, *, clock: Clock, stop: asyncio.Event
+) -> None:
     """Register, retrying with backoff: the agent works (and heartbeats) meanwhile."""
     attempt = 0
     while not stop.is_set():
@@ -239,6 +272,10 @@ async def register_until_done(kv: KeyValue, node: NodeId, url: str, *, clock: Cl
             except TimeoutError:
                 pass
             continue
-        log.info("registered %s with health URL %s (%s)", node, url,
-                 "unchanged" if rev is None else f"revision {rev}")
+        log.info(
+            "registered %s with health URL %s (%s)",
+            node,
+            url,
+            "unchanged" if rev is None else f"revision {rev}",
+        )
         return

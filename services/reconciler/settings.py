@@ -31,7 +31,9 @@ class AgentSettings(ServiceSettings):
         30.0, description="seconds between cycles (each jittered by up to 10 percent)"
     )
     health_port: int = Field(
-        9100, ge=0, le=65535,
+        9100,
+        ge=0,
+        le=65535,
         description="/healthz and /metrics port; 0 = any free",
     )
     health_host: str = Field("127.0.0.1", description="address the health server binds")

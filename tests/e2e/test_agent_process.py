@@ -33,11 +33,26 @@ NODE = NodeId.parse("dc1/e2e")
 _URL = re.compile(r"health on (http://\S+/healthz)")
 
 
-def start_agent(url: str, prefix: str, state: Path, log: Path,
-                *extra: str) -> subprocess.Popen[bytes]:
-    return spawn_cli("agent", "--nats", url, "--prefix", prefix, "--node", str(NODE),
-                     "--interval", "0.3", "--health-port", "0", "--state-dir", str(state),
-                     *extra, log=log)
+def start_agent(
+    url: str, prefix: str, state: Path, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    return spawn_cli(
+        "agent",
+        "--nats",
+        url,
+        "--prefix",
+        prefix,
+        "--node",
+        str(NODE),
+        "--interval",
+        "0.3",
+        "--health-port",
+        "0",
+        "--state-dir",
+        str(state),
+        *extra,
+        log=log,
+    )
 
 
 @contextmanager
@@ -51,15 +66,39 @@ def reaped(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(10)
 
 
-def spawn_example(url: str, prefix: str, stream: str, subject: str,
-                  log: Path) -> subprocess.Popen[bytes]:
+def spawn_example(
+    url: str, prefix: str, stream: str, subject: str, log: Path
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as fh:
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "queue_worker.py"), "--nats", url,
-             "--prefix", prefix, "--node", str(NODE), "--stream", stream, "--subject", subject,
-             "--health-port", "0", "--interval", "0.2", "--max-age", "1", "--crash-after", "3"],
-            stdout=fh, stderr=subprocess.STDOUT, env=cli_env(), cwd=ROOT,
-            start_new_session=True)
+            [
+                sys.executable,
+                str(ROOT / "examples" / "queue_worker.py"),
+                "--nats",
+                url,
+                "--prefix",
+                prefix,
+                "--node",
+                str(NODE),
+                "--stream",
+                stream,
+                "--subject",
+                subject,
+                "--health-port",
+                "0",
+                "--interval",
+                "0.2",
+                "--max-age",
+                "1",
+                "--crash-after",
+                "3",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
 
 async def health_url_from_log(log: Path, proc: subprocess.Popen[bytes]) -> str:
@@ -89,8 +128,9 @@ async def test_kill_9_silences_heartbeats_and_a_restart_is_a_new_boot(
     store = await ensure_fleet(nc.jetstream(), subjects)
     rev = await store.desired.put(NODE.key, json.dumps({"files": {"a": "1"}}).encode())
     hbs = await Collector.on(nc, subjects.hb(NODE))
-    with reaped(start_agent(nats_server.url, subjects.prefix, tmp_path / "s",
-                            tmp_path / "a1.log")) as first:
+    with reaped(
+        start_agent(nats_server.url, subjects.prefix, tmp_path / "s", tmp_path / "a1.log")
+    ) as first:
         await hbs.wait_count(3, timeout=20)
         hb = beats(hbs)[0]
         assert (hb.pid, hb.host, hb.seq, hb.rev) == (first.pid, socket.gethostname(), 0, rev)
@@ -100,8 +140,9 @@ async def test_kill_9_silences_heartbeats_and_a_restart_is_a_new_boot(
     count = len(hbs.messages)
     await asyncio.sleep(1.0)  # three intervals: silence is what we are checking
     assert len(hbs.messages) == count
-    with reaped(start_agent(nats_server.url, subjects.prefix, tmp_path / "s",
-                            tmp_path / "a2.log")) as second:
+    with reaped(
+        start_agent(nats_server.url, subjects.prefix, tmp_path / "s", tmp_path / "a2.log")
+    ) as second:
         await hbs.wait_count(count + 1, timeout=20)
         new = beats(hbs)[count]
         assert new.boot != hb.boot and new.seq == 0 and new.pid == second.pid
@@ -116,8 +157,11 @@ async def test_sigstop_means_no_heartbeats_and_no_health_answer(
     """A SIGSTOPped agent sends nothing and its registered health URL does not answer in time."""
     store = await ensure_fleet(nc.jetstream(), subjects)
     hbs = await Collector.on(nc, subjects.hb(NODE))
-    with reaped(start_agent(nats_server.url, subjects.prefix, tmp_path / "s",
-                            tmp_path / "a.log", "--register")) as proc:
+    with reaped(
+        start_agent(
+            nats_server.url, subjects.prefix, tmp_path / "s", tmp_path / "a.log", "--register"
+        )
+    ) as proc:
 
         async def registered() -> str | None:
             try:
@@ -190,7 +234,10 @@ def test_sigterm_ends_an_agent_still_waiting_for_its_first_broker(tmp_path: Path
         port = s.getsockname()[1]
     log = tmp_path / "a.log"
     with reaped(start_agent(f"nats://127.0.0.1:{port}", "tnobroker", tmp_path / "s", log)) as p:
-        wait_for_sync(lambda: log.exists() and log.stat().st_size > 0, timeout=20,
-                      what="the agent trying to connect")
+        wait_for_sync(
+            lambda: log.exists() and log.stat().st_size > 0,
+            timeout=20,
+            what="the agent trying to connect",
+        )
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0

@@ -69,8 +69,9 @@ def stop_all(*procs: subprocess.Popen[bytes]) -> None:
             p.kill()
 
 
-async def test_blind_when_the_broker_stops(dedicated_server: EmbeddedServer, subjects: Subjects,
-                                           prefix: str, tmp_path: Path) -> None:
+async def test_blind_when_the_broker_stops(
+    dedicated_server: EmbeddedServer, subjects: Subjects, prefix: str, tmp_path: Path
+) -> None:
     """Broker down: one self page then its resolve; no node pages for the blind stretch; a node
     that really died during it pages one full window after sight returns."""
     srv = dedicated_server
@@ -79,8 +80,10 @@ async def test_blind_when_the_broker_stops(dedicated_server: EmbeddedServer, sub
     alive = Beater(nc, subjects, "dc1/alive")
     dies = Beater(nc, subjects, "dc1/dies")
     stop_alive, stop_dies = asyncio.Event(), asyncio.Event()
-    bg = [asyncio.create_task(alive.keep_beating(stop_alive)),
-          asyncio.create_task(dies.keep_beating(stop_dies))]
+    bg = [
+        asyncio.create_task(alive.keep_beating(stop_alive)),
+        asyncio.create_task(dies.keep_beating(stop_dies)),
+    ]
     try:
         await ready(nc, subjects, proc)
         await asyncio.sleep(0.3)
@@ -93,8 +96,10 @@ async def test_blind_when_the_broker_stops(dedicated_server: EmbeddedServer, sub
         await ready(nc, subjects, proc)
 
         async def dies_paged() -> bool:
-            return any(a.node == "dies" and a.state == "firing"
-                       for a in await stream_alerts(nc, subjects))
+            return any(
+                a.node == "dies" and a.state == "firing" for a in await stream_alerts(nc, subjects)
+            )
+
         await wait_for(dies_paged, timeout=10, what="page for the node that died")
         paged_after = time.monotonic() - back
         await asyncio.sleep(0.5)
@@ -137,8 +142,7 @@ async def test_two_replicas_one_stream_and_a_kill(
         await x.beat()  # resolve, from r2 alone
         stop_y.set()  # y dies after the kill: r2 must still page it
         await bg
-        await wait_for(lambda: any(a.state == "firing" for _, a in alerts(col, "dc1/y")),
-                       timeout=8)
+        await wait_for(lambda: any(a.state == "firing" for _, a in alerts(col, "dc1/y")), timeout=8)
         await asyncio.sleep(0.3)
         got = await stream_alerts(nc, subjects)
     finally:
@@ -178,13 +182,15 @@ async def test_partitioned_site_pages_once(
         await asyncio.sleep(0.5)
         stop_site.set()
         await t_site
-        await wait_for(lambda: len([a for _, a in alerts(col) if a.kind == "silent"]) >= 50,
-                       timeout=8)
+        await wait_for(
+            lambda: len([a for _, a in alerts(col) if a.kind == "silent"]) >= 50, timeout=8
+        )
         fired = alerts(col)
         stop_site.clear()
         t_site = asyncio.create_task(beat_group(site, stop_site))
-        await wait_for(lambda: sum(1 for _, a in alerts(col) if a.state == "resolved") >= 51,
-                       timeout=8)
+        await wait_for(
+            lambda: sum(1 for _, a in alerts(col) if a.state == "resolved") >= 51, timeout=8
+        )
         await asyncio.sleep(0.3)
         stop_site.set()
         stop_other.set()
@@ -216,13 +222,14 @@ async def test_frozen_deadman_judges_nobody_for_the_stall(
         proc.send_signal(signal.SIGSTOP)
         await asyncio.sleep(2.5)
         proc.send_signal(signal.SIGCONT)
-        await wait_for(lambda: any(a.kind == "self" and a.state == "resolved"
-                                   for _, a in alerts(col)), timeout=10)
+        await wait_for(
+            lambda: any(a.kind == "self" and a.state == "resolved" for _, a in alerts(col)),
+            timeout=10,
+        )
         await asyncio.sleep(2.0)  # past a full window after sight returned
     finally:
         stop.set()
         await bg
         stop_all(proc)
     assert alerts(col, "dc1/alive") == [], (tmp_path / "dm.log").read_text()
-    assert [(a.kind, a.state) for _, a in alerts(col)] == [("self", "firing"),
-                                                            ("self", "resolved")]
+    assert [(a.kind, a.state) for _, a in alerts(col)] == [("self", "firing"), ("self", "resolved")]

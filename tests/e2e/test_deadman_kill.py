@@ -18,12 +18,31 @@ from tests.harness import Collector, spawn_cli, wait_for
 from tests.integration.test_deadman_support import Beater, alerts
 
 
-def start(url: str, prefix: str, log: Path, grace: str, *extra: str,
-          instance: str = "e2e") -> subprocess.Popen[bytes]:
+def start(
+    url: str, prefix: str, log: Path, grace: str, *extra: str, instance: str = "e2e"
+) -> subprocess.Popen[bytes]:
     """The real deadman CLI with the test timings (window 1 s, pending 0.5 s)."""
-    return spawn_cli("deadman", "--nats", url, "--prefix", prefix, "--window", "1",
-                     "--pending", "500ms", "--startup-grace", grace, "--metrics-port", "0",
-                     "--persist-every", "0.2", "--instance", instance, *extra, log=log)
+    return spawn_cli(
+        "deadman",
+        "--nats",
+        url,
+        "--prefix",
+        prefix,
+        "--window",
+        "1",
+        "--pending",
+        "500ms",
+        "--startup-grace",
+        grace,
+        "--metrics-port",
+        "0",
+        "--persist-every",
+        "0.2",
+        "--instance",
+        instance,
+        *extra,
+        log=log,
+    )
 
 
 async def ready(nc: NATS, subjects: Subjects, proc: subprocess.Popen[bytes]) -> dict[str, object]:
@@ -35,6 +54,7 @@ async def ready(nc: NATS, subjects: Subjects, proc: subprocess.Popen[bytes]) -> 
             return None
         st: dict[str, object] = json.loads(msg.data)
         return st
+
     st: dict[str, object] = await wait_for(ask, timeout=20, what="deadman status reply")
     return st
 
@@ -58,8 +78,10 @@ async def test_kill_9_then_restart_keeps_the_contract(
     dies = Beater(nc, subjects, "dc1/dies")
     firing = Beater(nc, subjects, "dc1/firing")
     stop_ok, stop_dies = asyncio.Event(), asyncio.Event()
-    bg = [asyncio.create_task(healthy.keep_beating(stop_ok)),
-          asyncio.create_task(dies.keep_beating(stop_dies))]
+    bg = [
+        asyncio.create_task(healthy.keep_beating(stop_ok)),
+        asyncio.create_task(dies.keep_beating(stop_dies)),
+    ]
     log = tmp_path / "deadman.log"
     proc = start(nats_server.url, prefix, log, grace="0")
     try:
@@ -68,8 +90,9 @@ async def test_kill_9_then_restart_keeps_the_contract(
         await firing.beat()
         await wait_for(lambda: alerts(col, "dc1/firing"), timeout=8)
         first = alerts(col, "dc1/firing")[0][1]
-        await wait_for(lambda: persisted(nc, subjects, first.id), timeout=5,
-                       what="firing episode saved")
+        await wait_for(
+            lambda: persisted(nc, subjects, first.id), timeout=5, what="firing episode saved"
+        )
         proc.kill()  # SIGKILL: no final save, no drain
         proc.wait(5)
         stop_dies.set()
@@ -92,6 +115,8 @@ async def test_kill_9_then_restart_keeps_the_contract(
     assert alerts(col, "dc1/ok") == [], log.read_text()
     assert [a.state for _, a in alerts(col, "dc1/dies")] == ["firing"]
     assert [(a.state, a.id) for _, a in alerts(col, "dc1/firing")] == [
-        ("firing", first.id), ("resolved", first.id)]
+        ("firing", first.id),
+        ("resolved", first.id),
+    ]
     selfs = [a for _, a in alerts(col) if a.kind == "self"]
     assert len(selfs) == 1 and "restarted after a gap" in selfs[0].reason

@@ -22,8 +22,23 @@ from tests.integration.test_prober_support import endpoints, fresh_body, json200
 
 
 def fast_args(url: str, prefix: str, *targets: str) -> list[str]:
-    args = ["prober", "--nats", url, "--prefix", prefix, "--interval", "0.5",
-            "--max-age", "3", "--timeout", "0.4", "--metrics-port", "0", "--instance", "e2e"]
+    args = [
+        "prober",
+        "--nats",
+        url,
+        "--prefix",
+        prefix,
+        "--interval",
+        "0.5",
+        "--max-age",
+        "3",
+        "--timeout",
+        "0.4",
+        "--metrics-port",
+        "0",
+        "--instance",
+        "e2e",
+    ]
     for t in targets:
         args += ["--target", t]
     return args
@@ -48,8 +63,9 @@ async def test_cli_probes_serves_metrics_and_stops_on_sigterm(
     """The CLI publishes results, answers status, serves /metrics and /healthz, exits 0 on TERM."""
     async with endpoints({"n": json200(fresh_body)}) as eps:
         res = await Collector.on(nc, subjects.probe_all)
-        proc = spawn_cli(*fast_args(nats_server.url, prefix, f"s/n={eps['n'].url}"),
-                         log=tmp_path / "prober.log")
+        proc = spawn_cli(
+            *fast_args(nats_server.url, prefix, f"s/n={eps['n'].url}"), log=tmp_path / "prober.log"
+        )
         try:
             await res.wait_count(2, timeout=15)
             r = decode(ProbeResult, res.messages[0][1].data)
@@ -123,11 +139,13 @@ async def test_sigterm_while_nats_is_unreachable_exits_0(tmp_path: Path) -> None
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     log = tmp_path / "prober.log"
-    proc = spawn_cli("prober", "--nats", f"nats://127.0.0.1:{dead}", "--metrics-port", "0",
-                     log=log)
+    proc = spawn_cli("prober", "--nats", f"nats://127.0.0.1:{dead}", "--metrics-port", "0", log=log)
     try:
-        await wait_for(lambda: "nats prober" in log.read_text(), timeout=15,
-                       what="a failed connect attempt in the log")
+        await wait_for(
+            lambda: "nats prober" in log.read_text(),
+            timeout=15,
+            what="a failed connect attempt in the log",
+        )
     finally:
         code = await stop(proc)
     assert code == 0, log.read_text()[-2000:]

@@ -22,16 +22,35 @@ from tests.integration.test_deadman_support import LIMIT_SLACK, Beater, alerts, 
 
 VICTIM = "dc1/victim"
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=80))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=80),
+)
 
 
 def near_heartbeats() -> st.SearchStrategy[dict[str, Any]]:
     """Heartbeat-shaped maps for the victim with one or more fields poisoned."""
-    good: dict[str, Any] = {"v": 1, "site": "dc1", "node": "victim", "boot": "boot1",
-                            "seq": 10**6, "ts": time.time()}
-    return st.dictionaries(st.sampled_from([*good, "interval", "rev", "pid", "extra"]), scalars,
-                           min_size=1, max_size=8).map(lambda bad: {**good, **bad}).filter(_invalid)
+    good: dict[str, Any] = {
+        "v": 1,
+        "site": "dc1",
+        "node": "victim",
+        "boot": "boot1",
+        "seq": 10**6,
+        "ts": time.time(),
+    }
+    return (
+        st.dictionaries(
+            st.sampled_from([*good, "interval", "rev", "pid", "extra"]),
+            scalars,
+            min_size=1,
+            max_size=8,
+        )
+        .map(lambda bad: {**good, **bad})
+        .filter(_invalid)
+    )
 
 
 def _invalid(d: dict[str, Any]) -> bool:
@@ -47,16 +66,24 @@ def payloads() -> st.SearchStrategy[bytes]:
         st.binary(max_size=200),
         near_heartbeats().map(lambda d: msgpack.packb(d, use_bin_type=True)),
         near_heartbeats().map(lambda d: json.dumps(d).encode()),
-        st.recursive(scalars, lambda c: st.lists(c, max_size=3)
-                     | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=10)
-        .map(lambda o: msgpack.packb(o, use_bin_type=True)),
+        st.recursive(
+            scalars,
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+            max_leaves=10,
+        ).map(lambda o: msgpack.packb(o, use_bin_type=True)),
     )
 
 
 def crafted() -> list[bytes]:
     """The classic ways to fake a sign of life."""
-    base: dict[str, Any] = {"v": 1, "site": "dc1", "node": "victim", "boot": "boot1",
-                            "seq": 10**6, "ts": time.time()}
+    base: dict[str, Any] = {
+        "v": 1,
+        "site": "dc1",
+        "node": "victim",
+        "boot": "boot1",
+        "seq": 10**6,
+        "ts": time.time(),
+    }
     out = [
         json.dumps({**base, "ts": "NaN"}).encode(),
         b'{"v":1,"site":"dc1","node":"victim","boot":"b","seq":1,"ts":NaN}',
@@ -76,8 +103,7 @@ def crafted() -> list[bytes]:
 def generate(n: int) -> list[bytes]:
     found: list[bytes] = []
 
-    @settings(max_examples=n, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(payloads())
     def collect(p: bytes) -> None:
         found.append(p)
@@ -109,8 +135,12 @@ async def test_junk_never_keeps_a_silent_node_green(
         assert page.state == "firing"
         assert -0.05 <= at - (t0 + 1.5) <= LIMIT_SLACK
         rejected = sum(
-            s.value for m in dm.registry.collect() if m.name == "fleetwatch_deadman_rejected"
-            for s in m.samples if s.name.endswith("_total"))
+            s.value
+            for m in dm.registry.collect()
+            if m.name == "fleetwatch_deadman_rejected"
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
         # every junk message was refused (a few generated ones may be valid for node x)
         assert rejected >= len(junk) - 5
         assert dm.tracker is not None and dm.tracker.nodes["dc1.victim"].seq == 1
@@ -125,10 +155,13 @@ async def test_flood_of_made_up_nodes_is_capped(
             await Beater(nc, subjects, f"dc1/fake{i}").beat()
 
         def rejected() -> float:
-            return sum(s.value for m in dm.registry.collect()
-                       if m.name == "fleetwatch_deadman_rejected" for s in m.samples
-                       if s.labels.get("reason") == "too_many_unregistered"
-                       and s.name.endswith("_total"))
+            return sum(
+                s.value
+                for m in dm.registry.collect()
+                if m.name == "fleetwatch_deadman_rejected"
+                for s in m.samples
+                if s.labels.get("reason") == "too_many_unregistered" and s.name.endswith("_total")
+            )
 
         await wait_for(lambda: rejected() == 2, timeout=5)
         assert dm.tracker is not None and len(dm.tracker.nodes) == 3

@@ -102,8 +102,10 @@ async def test_restart_contract_in_process(
     dies = Beater(nc, subjects, "dc1/dies")
     firing = Beater(nc, subjects, "dc1/firing")
     stop_ok, stop_dies = asyncio.Event(), asyncio.Event()
-    bg = [asyncio.create_task(healthy.keep_beating(stop_ok)),
-          asyncio.create_task(dies.keep_beating(stop_dies))]
+    bg = [
+        asyncio.create_task(healthy.keep_beating(stop_ok)),
+        asyncio.create_task(dies.keep_beating(stop_dies)),
+    ]
     async with running(nats_server.url, prefix, startup_grace=0.0):
         await firing.beat()
         await wait_for(lambda: alerts(col, "dc1/firing"), timeout=5)
@@ -134,8 +136,9 @@ async def test_maintenance_from_the_inventory(
     """A node in maintenance does not page; after the window ends it gets a full window first."""
     fleet = await ensure_fleet(nc.jetstream(), subjects)
     until = time.time() + 1.0
-    await fleet.nodes.put("dc1.m", InventoryEntry(site="dc1", node="m",
-                                                  maintenance_until=until).encode())
+    await fleet.nodes.put(
+        "dc1.m", InventoryEntry(site="dc1", node="m", maintenance_until=until).encode()
+    )
     col = await Collector.on(nc, subjects.alert_all)
     async with running(nats_server.url, prefix, startup_grace=0.0) as dm:
         b = Beater(nc, subjects, "dc1/m")

@@ -37,13 +37,13 @@ async def test_site_alert_survives_restart(
         await asyncio.sleep(0.4)
         stop_site.set()
         await t_site
-        await wait_for(lambda: sum(1 for _, a in alerts(col) if a.kind == "silent") >= 5,
-                       timeout=6)
+        await wait_for(lambda: sum(1 for _, a in alerts(col) if a.kind == "silent") >= 5, timeout=6)
     async with running(nats_server.url, prefix, startup_grace=0.5):
         stop_site.clear()
         t_site = asyncio.create_task(beat_group(site, stop_site))
-        await wait_for(lambda: sum(1 for _, a in alerts(col) if a.state == "resolved") >= 6,
-                       timeout=6)
+        await wait_for(
+            lambda: sum(1 for _, a in alerts(col) if a.state == "resolved") >= 6, timeout=6
+        )
         await asyncio.sleep(0.3)
         stop_site.set()
         await t_site

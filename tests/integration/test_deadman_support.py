@@ -24,16 +24,24 @@ WINDOW, PENDING = 1.0, 0.5
 
 
 def settings(url: str, prefix: str, **kw: Any) -> DeadmanSettings:
-    base: dict[str, Any] = dict(nats=url, prefix=prefix, window=WINDOW, pending=PENDING,
-                                metrics_port=0, persist_every=0.2, instance="test",
-                                blind_after=2.0)
+    base: dict[str, Any] = dict(
+        nats=url,
+        prefix=prefix,
+        window=WINDOW,
+        pending=PENDING,
+        metrics_port=0,
+        persist_every=0.2,
+        instance="test",
+        blind_after=2.0,
+    )
     base.update(kw)
     return DeadmanSettings(**base)
 
 
 @asynccontextmanager
-async def running(url: str, prefix: str, nc: NATS | None = None,
-                  **kw: Any) -> AsyncIterator[Deadman]:
+async def running(
+    url: str, prefix: str, nc: NATS | None = None, **kw: Any
+) -> AsyncIterator[Deadman]:
     """An in-process deadman (its own connection unless ``nc``), stopped on exit."""
     dm = Deadman(settings(url, prefix, **kw), nc=nc, registry=CollectorRegistry())
     stop = asyncio.Event()
@@ -61,8 +69,16 @@ class Beater:
 
     async def beat(self) -> None:
         self.seq += 1
-        hb = Heartbeat(site=self.node.site, node=self.node.node, boot=self.boot, seq=self.seq,
-                       ts=time.time(), pid=4242, host="h1", rev=3)
+        hb = Heartbeat(
+            site=self.node.site,
+            node=self.node.node,
+            boot=self.boot,
+            seq=self.seq,
+            ts=time.time(),
+            pid=4242,
+            host="h1",
+            rev=3,
+        )
         await self.nc.publish(self.subjects.hb(self.node), encode(hb))
         await self.nc.flush()
         self.sent_at = time.monotonic()
@@ -84,6 +100,7 @@ def alerts(col: Collector, node: str | None = None) -> list[tuple[float, Alert]]
         if node is None or f"{a.site}/{a.node}" == node:
             out.append((at, a))
     return out
+
 
 LIMIT_SLACK = 0.4
 """How late (s) a page may land past last_seen+window+pending on this noisy 2-core machine."""

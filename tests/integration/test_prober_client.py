@@ -32,8 +32,14 @@ async def probe(url: str) -> tuple[Judgement, float]:
         a = await fetch(session, url, deadline=TIMEOUT, max_body=RULES.max_body, clock=clock)
     if a.failure is not None or a.status is None:
         return Judgement(a.failure or "refused", None, a.failure_detail), a.latency
-    return judge(status=a.status, headers=a.headers, body=a.body, truncated=a.truncated,
-                 now=time.time(), rules=RULES), a.latency
+    return judge(
+        status=a.status,
+        headers=a.headers,
+        body=a.body,
+        truncated=a.truncated,
+        now=time.time(),
+        rules=RULES,
+    ), a.latency
 
 
 async def test_every_case_gets_its_verdict() -> None:
@@ -46,7 +52,7 @@ async def test_every_case_gets_its_verdict() -> None:
             results = await asyncio.gather(*(probe(u) for u in urls.values()))
             got = {k: r[0].verdict for k, r in zip(urls, results, strict=True)}
             assert got == want, {k: results[i][0].detail for i, k in enumerate(urls)}
-            for (_, latency) in results:
+            for _, latency in results:
                 assert latency < TIMEOUT + 0.5  # the deadline covers the whole request
             # the 302 was not followed
             assert landing["landing"].hits == 0
@@ -79,8 +85,9 @@ async def test_each_probe_opens_a_new_connection() -> None:
 async def test_body_without_length_is_read_to_the_end_or_cut_at_the_limit() -> None:
     """Without Content-Length a small body is judged; a 10 MB one is cut at the limit."""
     async with endpoints({"small": unsized(), "big": unsized(10 * 1024 * 1024)}) as eps:
-        (small, _), (big, latency) = await asyncio.gather(probe(eps["small"].url),
-                                                          probe(eps["big"].url))
+        (small, _), (big, latency) = await asyncio.gather(
+            probe(eps["small"].url), probe(eps["big"].url)
+        )
     assert small.verdict == "fresh"
     assert big.verdict == "bad_body" and "larger than" in big.detail
     assert latency < TIMEOUT
@@ -88,11 +95,12 @@ async def test_body_without_length_is_read_to_the_end_or_cut_at_the_limit() -> N
 
 async def test_broken_answers_are_named() -> None:
     """Garbage instead of HTTP is http_error; a body cut short is bad_body; hang-up is refused."""
+
     async def garbage(w: Writer) -> None:
         w.write(b"garbage here\r\n\r\n")
 
     async def cut_short(w: Writer) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"ts\":")
+        w.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"ts":')
 
     async def hang_up(w: Writer) -> None:
         return None

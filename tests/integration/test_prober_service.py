@@ -43,8 +43,13 @@ FAST = {"interval": 0.25, "timeout": 0.2, "max_age": 3.0}
 
 def settings(url: str, prefix: str, targets: dict[str, str], **extra: Any) -> ProberSettings:
     """Settings as the CLI would build them, plus test timings."""
-    args: dict[str, Any] = {"nats": url, "prefix": prefix, "metrics_port": 0,
-                            "instance": "t1", "target": [f"{k}={v}" for k, v in targets.items()]}
+    args: dict[str, Any] = {
+        "nats": url,
+        "prefix": prefix,
+        "metrics_port": 0,
+        "instance": "t1",
+        "target": [f"{k}={v}" for k, v in targets.items()],
+    }
     args.update(extra)
     return ProberSettings(**args)
 
@@ -104,11 +109,21 @@ async def test_service_publishes_each_case_verdict(
             urls = {k: e.url for k, e in eps.items()} | {"refused": refused_url()}
             want = {names[k]: v for k, (_, v) in cases.items()} | {"c/refused": "refused"}
             col = await Collector.on(nc, subjects.probe_all)
-            s = settings(nats_server.url, prefix, {names[k]: urls[k] for k in urls},
-                         interval=1.0, timeout=0.8, max_age=3.0, failure_threshold=100)
+            s = settings(
+                nats_server.url,
+                prefix,
+                {names[k]: urls[k] for k in urls},
+                interval=1.0,
+                timeout=0.8,
+                max_age=3.0,
+                failure_threshold=100,
+            )
             async with running(s):
-                await wait_for(lambda: {f"{r.site}/{r.node}" for r in results(col)} >= set(want),
-                               timeout=10, what="a result per case")
+                await wait_for(
+                    lambda: {f"{r.site}/{r.node}" for r in results(col)} >= set(want),
+                    timeout=10,
+                    what="a result per case",
+                )
             got = {}
             for r in results(col):
                 got.setdefault(f"{r.site}/{r.node}", r.verdict)
@@ -124,11 +139,21 @@ async def test_ten_hanging_targets_do_not_delay_ninety_good_ones(
     behaviours |= {f"good{i}": json200(fresh_body) for i in range(90)}
     async with endpoints(behaviours) as eps:
         col = await Collector.on(nc, subjects.probe_all)
-        s = settings(nats_server.url, prefix, {f"h/{k}": e.url for k, e in eps.items()},
-                     interval=1.0, timeout=0.8, max_age=3.0, failure_threshold=100)
+        s = settings(
+            nats_server.url,
+            prefix,
+            {f"h/{k}": e.url for k, e in eps.items()},
+            interval=1.0,
+            timeout=0.8,
+            max_age=3.0,
+            failure_threshold=100,
+        )
         async with running(s):
-            await wait_for(lambda: len({r.node for r in results(col)}) == 100, timeout=10,
-                           what="a result from each of 100 targets")
+            await wait_for(
+                lambda: len({r.node for r in results(col)}) == 100,
+                timeout=10,
+                what="a result from each of 100 targets",
+            )
         first: dict[str, ProbeResult] = {}
         for r in results(col):
             first.setdefault(r.node, r)
@@ -181,8 +206,7 @@ async def test_a_lie_pages_at_once(
     async with endpoints({"n": sw.behaviour()}) as eps:
         res = await Collector.on(nc, subjects.probe_all)
         al = await Collector.on(nc, subjects.alert_all)
-        async with running(settings(nats_server.url, prefix, {"s/liar": eps["n"].url},
-                                    **FAST)):
+        async with running(settings(nats_server.url, prefix, {"s/liar": eps["n"].url}, **FAST)):
             await al.wait_count(1, timeout=5)
             assert alerts(al)[0].reason == "stale"
             assert len(res.messages) == 1
@@ -259,8 +283,7 @@ async def test_inventory_targets_come_and_go_without_restart(
             await store.nodes.delete("inv.n1")
             await al.wait_count(2, timeout=5)
             gone = alerts(al)[1]
-            assert (gone.state, gone.reason, gone.id) == ("resolved", "removed",
-                                                          alerts(al)[0].id)
+            assert (gone.state, gone.reason, gone.id) == ("resolved", "removed", alerts(al)[0].id)
             assert p.status()["targets"] == []
             n = len(res.messages)
             await asyncio.sleep(0.6)  # > two intervals: no probe of a removed node
@@ -274,8 +297,9 @@ async def test_no_page_during_maintenance(
     sw = Switch("503")
     async with endpoints({"n": sw.behaviour()}) as eps:
         store = await ensure_fleet(nc.jetstream(), subjects)
-        entry = InventoryEntry(site="inv", node="m", health_url=eps["n"].url,
-                               maintenance_until=time.time() + 600)
+        entry = InventoryEntry(
+            site="inv", node="m", health_url=eps["n"].url, maintenance_until=time.time() + 600
+        )
         await store.nodes.put("inv.m", entry.encode())
         res = await Collector.on(nc, subjects.probe_all)
         al = await Collector.on(nc, subjects.alert_all)
@@ -303,10 +327,17 @@ async def test_status_request_answers_with_targets(
     assert body["interval"] == 0.25 and body["blind"] is False
     assert body["metrics_url"].startswith("http://127.0.0.1:")
     (row,) = body["targets"]
-    assert {k: row[k] for k in ("site", "node", "verdict", "ok", "status", "alert_id",
-                                "failing")} == {
-        "site": "s", "node": "n", "verdict": "fresh", "ok": True, "status": 200,
-        "alert_id": None, "failing": 0}
+    assert {
+        k: row[k] for k in ("site", "node", "verdict", "ok", "status", "alert_id", "failing")
+    } == {
+        "site": "s",
+        "node": "n",
+        "verdict": "fresh",
+        "ok": True,
+        "status": 200,
+        "alert_id": None,
+        "failing": 0,
+    }
     assert row["ts"] > 0 and row["latency"] >= 0 and row["age"] is not None
 
 
@@ -321,8 +352,11 @@ async def test_alert_is_stored_after_the_broker_comes_back(
             await wait_for(lambda: p.targets[NodeId("s", "n")].last is not None, timeout=5)
             dedicated_server.stop()
             sw.mode = "503"
-            await wait_for(lambda: p.status()["targets"][0]["alert_id"] is not None,
-                           timeout=5, what="alert decided while the broker is down")
+            await wait_for(
+                lambda: p.status()["targets"][0]["alert_id"] is not None,
+                timeout=5,
+                what="alert decided while the broker is down",
+            )
             dedicated_server.start()
             conn = await connect(dedicated_server.url, name="check")
             try:
@@ -337,5 +371,3 @@ async def test_alert_is_stored_after_the_broker_comes_back(
                 assert await stored() == 1
             finally:
                 await conn.close()
-
-

@@ -18,14 +18,23 @@ Writer = asyncio.StreamWriter
 Behaviour = Callable[[Writer], Awaitable[None]]
 
 
-def response(status: int, body: bytes, *, ctype: str = "application/json",
-             extra: str = "", close: bool = True) -> bytes:
+def response(
+    status: int,
+    body: bytes,
+    *,
+    ctype: str = "application/json",
+    extra: str = "",
+    close: bool = True,
+) -> bytes:
     """A complete HTTP/1.1 response."""
     reason = {200: "OK", 302: "Found", 404: "Not Found", 503: "Service Unavailable"}.get(
-        status, "X")
+        status, "X"
+    )
     conn = "Connection: close\r\n" if close else ""
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\n{conn}{extra}\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n{conn}{extra}\r\n"
+    )
     return head.encode() + body
 
 
@@ -83,8 +92,11 @@ def huge_body(size: int = 10 * 1024 * 1024) -> Behaviour:
     async def run(w: Writer) -> None:
         start = b'{"ok":true,"ts":%f,"pad":"' % time.time()
         pad = size - len(start) - 2
-        w.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode() + start)
+        w.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+            + start
+        )
         chunk = b"x" * 65536
         while pad > 0:
             w.write(chunk[: min(pad, len(chunk))])
@@ -100,8 +112,11 @@ def unsized(body_size: int | None = None) -> Behaviour:
     """HTTP/1.0 style: no Content-Length, the body ends when the connection closes."""
 
     async def run(w: Writer) -> None:
-        body = fresh_body() if body_size is None else (
-            b'{"ok":true,"ts":%f,"pad":"' % time.time() + b"x" * body_size + b'"}')
+        body = (
+            fresh_body()
+            if body_size is None
+            else (b'{"ok":true,"ts":%f,"pad":"' % time.time() + b"x" * body_size + b'"}')
+        )
         w.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
         for i in range(0, len(body), 65536):
             w.write(body[i : i + 65536])
@@ -196,12 +211,16 @@ def case_behaviours(redirect_to: str) -> dict[str, tuple[Behaviour, str]]:
         "rfc3339_offset": (json200(lambda: rfc3339(True)), "fresh"),
         "rfc3339_naive": (json200(lambda: rfc3339(False)), "bad_body"),
         "no_ts": (json200(lambda: doc(status="ok")), "bad_body"),
-        "html": (answer(lambda: response(200, b"<html><body>OK</body></html>",
-                                         ctype="text/html")), "bad_body"),
+        "html": (
+            answer(lambda: response(200, b"<html><body>OK</body></html>", ctype="text/html")),
+            "bad_body",
+        ),
         "ok_false": (json200(lambda: doc(ok=False, ts=time.time())), "unhealthy"),
         "503_fresh": (answer(lambda: response(503, fresh_body())), "unhealthy"),
-        "302": (answer(lambda: response(302, b"", extra=f"Location: {redirect_to}\r\n")),
-                "redirect"),
+        "302": (
+            answer(lambda: response(302, b"", extra=f"Location: {redirect_to}\r\n")),
+            "redirect",
+        ),
         "slow_headers": (slow_headers(), "timeout"),
         "trickle_body": (trickle_body(), "timeout"),
         "never_answers": (never, "timeout"),
@@ -220,4 +239,3 @@ async def endpoints(behaviours: dict[str, Behaviour]) -> AsyncIterator[dict[str,
     finally:
         for e in started.values():
             await e.stop()
-

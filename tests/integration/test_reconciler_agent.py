@@ -52,8 +52,9 @@ async def agent(settings: AgentSettings) -> AsyncIterator[AgentHandle]:
 
 
 def settings_for(url: str, prefix: str, state: Path, **extra: Any) -> AgentSettings:
-    return AgentSettings(nats=url, prefix=prefix, node=str(NODE), health_port=0,
-                         state_dir=state, **extra)
+    return AgentSettings(
+        nats=url, prefix=prefix, node=str(NODE), health_port=0, state_dir=state, **extra
+    )
 
 
 async def get(url: str, limit: float = 2.0) -> tuple[int, dict[str, Any]]:
@@ -115,8 +116,11 @@ async def test_broker_restart_resumes_and_applies_changes_in_order(
             await wait_for(lambda: watcher.is_connected, timeout=10)
             rev2 = await put({"files": {"v": "2"}})
             rev3 = await put({"files": {"v": "3"}})
-            await wait_for(lambda: (tmp_path / "v").read_text() == "3", timeout=10,
-                           what="rev 3 applied after the restart")
+            await wait_for(
+                lambda: (tmp_path / "v").read_text() == "3",
+                timeout=10,
+                what="rev 3 applied after the restart",
+            )
             await wait_for(lambda: len(hbs.messages) > down_at + 2, timeout=5)
             status, body = await get(handle.health_url)
             assert status == 200 and body["rev"] == rev3
@@ -142,8 +146,10 @@ async def test_apply_cmd_gets_the_document_and_reports_stderr_and_timeouts(tmp_p
     assert await ok.current() == {"image": "app:v2"}
     bad = CommandActuator("echo broken thing >&2; exit 3", state_dir=tmp_path / "b", timeout=5)
     result = await bad.apply({"x": 1}, revision=5)
-    assert not result.ok and result.errors == ("apply command exited with 3",
-                                               "stderr: broken thing")
+    assert not result.ok and result.errors == (
+        "apply command exited with 3",
+        "stderr: broken thing",
+    )
     assert await bad.current() == {}
     slow = CommandActuator("sleep 30", state_dir=tmp_path / "c", timeout=0.3)
     t0 = time.monotonic()
@@ -152,9 +158,7 @@ async def test_apply_cmd_gets_the_document_and_reports_stderr_and_timeouts(tmp_p
     assert time.monotonic() - t0 < 5
 
 
-async def test_dead_worker_thread_means_503_and_no_heartbeats(
-    nc: NATS, subjects: Subjects
-) -> None:
+async def test_dead_worker_thread_means_503_and_no_heartbeats(nc: NATS, subjects: Subjects) -> None:
     """SDK: the worker thread dies, HTTP keeps serving: /healthz turns 503 and heartbeats stop."""
     clock = SystemClock()
     live = Liveness(clock=clock, max_age=0.5)
@@ -174,13 +178,17 @@ async def test_dead_worker_thread_means_503_and_no_heartbeats(
 
     hbs = await Collector.on(nc, subjects.hb(NODE))
     runner = await serve_http(
-        metrics_app(CollectorRegistry(), liveness_health(live, node=NODE, clock=clock,
-                                                         check=broker_check)),
-        host="127.0.0.1", port=0)
+        metrics_app(
+            CollectorRegistry(), liveness_health(live, node=NODE, clock=clock, check=broker_check)
+        ),
+        host="127.0.0.1",
+        port=0,
+    )
     url = f"http://127.0.0.1:{bound_port(runner)}/healthz"
     stop = asyncio.Event()
-    pub = HeartbeatPublisher(nc=nc, subjects=subjects, node=NODE, liveness=live, clock=clock,
-                             interval=0.1)
+    pub = HeartbeatPublisher(
+        nc=nc, subjects=subjects, node=NODE, liveness=live, clock=clock, interval=0.1
+    )
     task = asyncio.create_task(pub.run(stop))
     thread = threading.Thread(target=worker, args=(40,), daemon=True)
     try:
@@ -190,6 +198,7 @@ async def test_dead_worker_thread_means_503_and_no_heartbeats(
         assert status == 200 and body["desired"] == "missing"
         await asyncio.to_thread(thread.join)
         died = time.monotonic()
+
         async def unhealthy() -> bool:
             return (await get(url))[0] == 503
 

@@ -35,12 +35,25 @@ async def store(nc: NATS, subjects: Subjects) -> FleetStore:
     return await ensure_fleet(nc.jetstream(), subjects)
 
 
-def make_loop(nc: NATS, store: FleetStore, subjects: Subjects, state: Path,
-              registry: CollectorRegistry | None = None) -> ReconcileLoop:
+def make_loop(
+    nc: NATS,
+    store: FleetStore,
+    subjects: Subjects,
+    state: Path,
+    registry: CollectorRegistry | None = None,
+) -> ReconcileLoop:
     metrics = AgentMetrics.create(registry) if registry is not None else None
-    return ReconcileLoop(node=NODE, nc=nc, kv=store.desired, subjects=subjects,
-                         actuator=FilesActuator(state), revisions=FileRevisions(state),
-                         clock=SystemClock(), interval=0.2, metrics=metrics)
+    return ReconcileLoop(
+        node=NODE,
+        nc=nc,
+        kv=store.desired,
+        subjects=subjects,
+        actuator=FilesActuator(state),
+        revisions=FileRevisions(state),
+        clock=SystemClock(),
+        interval=0.2,
+        metrics=metrics,
+    )
 
 
 def listing(path: Path) -> dict[str, bytes]:
@@ -73,7 +86,12 @@ async def test_a_cycle_applies_then_reports_then_heartbeats(
     assert isinstance(report, ReconcileReport) and isinstance(hb, Heartbeat)
     assert report.outcome == "applied" and report.rev == rev and report.drift
     assert (hb.seq, hb.rev, hb.pid, hb.host, hb.interval) == (
-        0, rev, os.getpid(), socket.gethostname(), 0.2)
+        0,
+        rev,
+        os.getpid(),
+        socket.gethostname(),
+        0.2,
+    )
     again = await loop.step()
     assert again.outcome == "converged" and again.heartbeat is not None
     assert again.heartbeat.seq == 1 and again.heartbeat.boot == hb.boot
@@ -81,9 +99,14 @@ async def test_a_cycle_applies_then_reports_then_heartbeats(
 
 @pytest.mark.parametrize(
     ("change", "status"),
-    [("delete", "deleted"), ("purge", "deleted"), ("[]", "list/array"),
-     ("garbage{", "neither msgpack nor"), ('{"cut":', "not valid JSON"),
-     ("5", "expected an object")],
+    [
+        ("delete", "deleted"),
+        ("purge", "deleted"),
+        ("[]", "list/array"),
+        ("garbage{", "neither msgpack nor"),
+        ('{"cut":', "not valid JSON"),
+        ("5", "expected an object"),
+    ],
 )
 async def test_unknown_desired_state_changes_nothing(
     nc: NATS, store: FleetStore, subjects: Subjects, tmp_path: Path, change: str, status: str
@@ -156,8 +179,9 @@ async def test_a_failed_read_publishes_no_heartbeat(
     await reports.wait_count(2)
     await nc.flush()
     assert len(hbs.messages) == 1
-    got = registry.get_sample_value("fleetwatch_agent_reconcile_errors_total",
-                                    {"reason": "bucket_missing"})
+    got = registry.get_sample_value(
+        "fleetwatch_agent_reconcile_errors_total", {"reason": "bucket_missing"}
+    )
     assert got == 1.0
     assert loop.last_cycle_mono is not None  # the earlier cycle still counts; this one did not
 
@@ -178,9 +202,16 @@ async def test_500_loops_started_together_spread_their_reads(
     await nc.flush()
     interval = 2.0
     loops = [
-        ReconcileLoop(node=NodeId.of("sim", f"n{i}"), nc=nc, kv=store.desired, subjects=subjects,
-                      actuator=MemoryActuator(), revisions=MemoryRevisions(),
-                      clock=SystemClock(), interval=interval)
+        ReconcileLoop(
+            node=NodeId.of("sim", f"n{i}"),
+            nc=nc,
+            kv=store.desired,
+            subjects=subjects,
+            actuator=MemoryActuator(),
+            revisions=MemoryRevisions(),
+            clock=SystemClock(),
+            interval=interval,
+        )
         for i in range(500)
     ]
     stop = asyncio.Event()

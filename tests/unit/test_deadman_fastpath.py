@@ -15,8 +15,12 @@ from shared.errors import DecodeError
 from shared.models import Heartbeat
 
 anything = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**64) + 1, 2**64 - 1),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=70), st.binary(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64) + 1, 2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=70),
+    st.binary(max_size=8),
     st.lists(st.integers(), max_size=2),
 )
 fields = {
@@ -34,8 +38,11 @@ fields = {
 
 
 valid = {
-    "v": st.just(1), "site": fields["site"], "node": fields["node"],
-    "boot": st.text(min_size=1, max_size=64), "seq": st.integers(0, 2**40),
+    "v": st.just(1),
+    "site": fields["site"],
+    "node": fields["node"],
+    "boot": st.text(min_size=1, max_size=64),
+    "seq": st.integers(0, 2**40),
     "ts": st.one_of(st.floats(0, 1e11), st.integers(0, 10**11)),
     "interval": st.one_of(st.none(), st.floats(0.001, 1e6)),
     "rev": st.one_of(st.none(), st.integers(0, 2**40)),
@@ -72,14 +79,22 @@ def test_fast_path_accepts_only_what_the_model_accepts(obj: dict[str, Any]) -> N
     except DecodeError as e:  # pragma: no cover - this is the failure being hunted
         raise AssertionError(f"fast path accepted what the model refuses: {e}") from None
     assert (fast.site, fast.node, fast.boot, fast.seq, fast.rev, fast.pid, fast.host) == (
-        full.site, full.node, full.boot, full.seq, full.rev, full.pid, full.host)
+        full.site,
+        full.node,
+        full.boot,
+        full.seq,
+        full.rev,
+        full.pid,
+        full.host,
+    )
     assert math.isclose(fast.ts, full.ts)
 
 
 def test_fast_path_takes_an_ordinary_heartbeat() -> None:
     """What agents publish goes the fast way."""
-    hb = Heartbeat(site="dc1", node="n1", boot="b", seq=3, ts=1.7e9, rev=2, pid=10, host="h",
-                   interval=30.0)
+    hb = Heartbeat(
+        site="dc1", node="n1", boot="b", seq=3, ts=1.7e9, rev=2, pid=10, host="h", interval=30.0
+    )
     fast = fast_heartbeat(encode(hb))
     assert fast is not None and fast.seq == 3 and fast.host == "h"
 

@@ -9,8 +9,7 @@ W, P = 1.0, 0.5
 
 
 def make(c: FakeClock, **kw: float) -> Tracker:
-    return Tracker(window=W, pending=P, grace=0.0, now=c.monotonic(),
-                   judgement=Judgement(**kw))  # type: ignore[arg-type]
+    return Tracker(window=W, pending=P, grace=0.0, now=c.monotonic(), judgement=Judgement(**kw))  # type: ignore[arg-type]
 
 
 def beat_all(t: Tracker, c: FakeClock, keys: list[str], seq: int) -> list[Transition]:

@@ -20,8 +20,11 @@ def test_defaults_follow_the_classic_rule() -> None:
 
 def test_fast_demo_timings_and_units() -> None:
     """--window 3 --pending 2 (the demo) and unit forms parse; grace follows them."""
-    s = load_settings(DeadmanSettings, ["--window", "3", "--pending", "2s",
-                                        "--persist-every", "500ms"], environ={})
+    s = load_settings(
+        DeadmanSettings,
+        ["--window", "3", "--pending", "2s", "--persist-every", "500ms"],
+        environ={},
+    )
     assert (s.window, s.pending, s.grace, s.persist_every) == (3.0, 2.0, 5.0, 0.5)
 
 
@@ -32,14 +35,18 @@ def test_environment_twin(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.window == 10.0
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--window", "0"], "--window"),
-    (["--pending", "soon"], "--pending"),
-    (["--instance", "a.b"], "--instance"),
-    (["--site-fraction", "2"], "--site-fraction"),
-])
-def test_bad_values_exit_2_naming_the_flag(argv: list[str], flag: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--window", "0"], "--window"),
+        (["--pending", "soon"], "--pending"),
+        (["--instance", "a.b"], "--instance"),
+        (["--site-fraction", "2"], "--site-fraction"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad value stops start-up with status 2 and one line naming the flag."""
     with pytest.raises(SystemExit) as e:
         load_settings(DeadmanSettings, argv, environ={})

@@ -19,8 +19,14 @@ class TrackerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = 1000.0
-        self.t = Tracker(window=W, pending=P, grace=0.5, renotify=3.0, now=self.now,
-                         judgement=Judgement(site_min=3, flap_changes=4, flap_period=20.0))
+        self.t = Tracker(
+            window=W,
+            pending=P,
+            grace=0.5,
+            renotify=3.0,
+            now=self.now,
+            judgement=Judgement(site_min=3, flap_changes=4, flap_period=20.0),
+        )
         self.last_seen: dict[str, float] = {}
         self.open: dict[str, str] = {}  # alert id -> key
         self.resolved: set[str] = set()
@@ -95,7 +101,6 @@ class TrackerMachine(RuleBasedStateMachine):
         assert len(self.t._heap) <= 4 * len(KEYS) + 16
 
 
-TrackerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50,
-                                            deadline=None)
+TrackerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 test_tracker_state_machine = TrackerMachine.TestCase
 test_tracker_state_machine.__doc__ = "Random runs keep the deadman invariants (see TrackerMachine)."

@@ -57,8 +57,9 @@ def test_ids_are_identical_on_two_trackers() -> None:
     for tr in (a, b):
         tr.heartbeat("dc1.n1", c.monotonic(), "boot-x", 7)
     c.advance(2)
-    assert [x.alert_id for x in a.advance(c.monotonic())] == \
-        [x.alert_id for x in b.advance(c.monotonic())]
+    assert [x.alert_id for x in a.advance(c.monotonic())] == [
+        x.alert_id for x in b.advance(c.monotonic())
+    ]
 
 
 @pytest.mark.parametrize("delta", [-0.005, -0.001, 0.0])
@@ -199,12 +200,14 @@ def test_restore_keeps_open_alert_and_waits_grace() -> None:
     """Restored state: an open alert is not fired again; a node dead meanwhile pages after grace."""
     c = FakeClock()
     t = Tracker(window=W, pending=P, grace=2.0, now=c.monotonic())
-    ep = Episode(alert_id="silent.dc1.a.x", kind="silent", since=c.monotonic() - 10,
-                 fired_at=c.monotonic() - 8)
-    t.restore("dc1.a", last_seen=c.monotonic() - 10, boot="b", seq=3, registered=True,
-              episode=ep)
-    t.restore("dc1.b", last_seen=c.monotonic() - 10, boot="b", seq=3, registered=True,
-              episode=None)
+    ep = Episode(
+        alert_id="silent.dc1.a.x",
+        kind="silent",
+        since=c.monotonic() - 10,
+        fired_at=c.monotonic() - 8,
+    )
+    t.restore("dc1.a", last_seen=c.monotonic() - 10, boot="b", seq=3, registered=True, episode=ep)
+    t.restore("dc1.b", last_seen=c.monotonic() - 10, boot="b", seq=3, registered=True, episode=None)
     assert run_to(t, c, c.monotonic() + 1.98) == []
     out = run_to(t, c, c.monotonic() + 0.1)
     assert [(x.key, x.state) for x in out] == [("dc1.b", "firing")]

@@ -13,8 +13,9 @@ from shared.models import VERDICT_RANK, Verdict
 A, B, C = NodeId("s", "a"), NodeId("s", "b"), NodeId("s", "c")
 
 
-def feed(al: Alerting, node: NodeId, verdicts: list[Verdict], *, t0: float = 100.0
-         ) -> list[Transition]:
+def feed(
+    al: Alerting, node: NodeId, verdicts: list[Verdict], *, t0: float = 100.0
+) -> list[Transition]:
     out: list[Transition] = []
     for i, v in enumerate(verdicts):
         out += al.observe(node, v, f"{v} #{i}", now=t0 + i)
@@ -116,9 +117,14 @@ def test_firing_and_resolving_alternate(verdicts: list[Verdict]) -> None:
     assert states == ["firing", "resolved"] * (len(states) // 2) + ["firing"] * (len(states) % 2)
 
 
-@given(st.lists(st.tuples(st.sampled_from([A, B, C]),
-                          st.sampled_from(["fresh", "timeout", "stale", "remove"])),
-                max_size=80))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, B, C]), st.sampled_from(["fresh", "timeout", "stale", "remove"])
+        ),
+        max_size=80,
+    )
+)
 def test_blind_matches_its_definition(steps: list[tuple[NodeId, str]]) -> None:
     """After any sequence, blind holds exactly as the rule says, with O(1) running counts."""
     al = Alerting()
@@ -152,17 +158,37 @@ def test_alert_messages_for_node_and_self() -> None:
 
     subjects = Subjects("fleet")
     node_tr = Transition("firing", A, "probe.s.a.1", 5.0, "stale", "body is 99s old")
-    subject, alert = build_alert(node_tr, subjects=subjects, instance="p1", now=9.0,
-                                 url="http://127.0.0.1:1/h", last_fresh=4.0)
+    subject, alert = build_alert(
+        node_tr,
+        subjects=subjects,
+        instance="p1",
+        now=9.0,
+        url="http://127.0.0.1:1/h",
+        last_fresh=4.0,
+    )
     assert subject == "fleet.alert.probe.s.a"
     assert (alert.kind, alert.state, alert.severity, alert.reason) == (
-        "probe", "firing", "page", "stale")
+        "probe",
+        "firing",
+        "page",
+        "stale",
+    )
     assert (alert.site, alert.node, alert.since, alert.last_seen, alert.ts) == (
-        "s", "a", 5.0, 4.0, 9.0)
+        "s",
+        "a",
+        5.0,
+        4.0,
+        9.0,
+    )
     assert "http://127.0.0.1:1/h" in alert.summary
     self_tr = Transition("resolved", None, "self.prober.p1.1", 5.0, "fresh", "back")
-    subject, alert = build_alert(self_tr, subjects=subjects, instance="p1", now=9.0,
-                                 url=None, last_fresh=None)
+    subject, alert = build_alert(
+        self_tr, subjects=subjects, instance="p1", now=9.0, url=None, last_fresh=None
+    )
     assert subject == "fleet.alert.self.prober.p1"
     assert (alert.kind, alert.state, alert.node, alert.reason) == (
-        "self", "resolved", None, "recovered")
+        "self",
+        "resolved",
+        None,
+        "recovered",
+    )

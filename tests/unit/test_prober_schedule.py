@@ -18,7 +18,8 @@ def test_stable_hash_is_fixed() -> None:
     """The hash is pinned, so a node keeps its slot across restarts, versions and machines."""
     assert stable_hash(b"dc1.n1") == stable_hash(b"dc1.n1")
     assert phase(NodeId("dc1", "n1"), 30.0) == pytest.approx(
-        stable_hash(b"dc1.n1") / 2.0**64 * 30.0)
+        stable_hash(b"dc1.n1") / 2.0**64 * 30.0
+    )
     assert f"{stable_hash(b'dc1.n1'):016x}" == PINNED
 
 
@@ -38,8 +39,11 @@ def test_phases_spread_a_fleet_over_the_interval() -> None:
     assert min(counts) > 60 and max(counts) < 140
 
 
-@given(st.floats(min_value=0, max_value=2e9), st.floats(min_value=0.05, max_value=600),
-       st.floats(min_value=0, max_value=0.999))
+@given(
+    st.floats(min_value=0, max_value=2e9),
+    st.floats(min_value=0.05, max_value=600),
+    st.floats(min_value=0, max_value=0.999),
+)
 def test_next_slot_is_the_first_slot_after_now(now: float, interval: float, frac: float) -> None:
     """next_slot is after now, at most one interval away, and on the phase."""
     p = frac * interval

@@ -19,14 +19,29 @@ def test_defaults() -> None:
 
 def test_fast_demo_timings_and_targets() -> None:
     """The fast demo flags parse, and repeated --target flags build the target map."""
-    s = load_settings(ProberSettings, [
-        "--interval", "1", "--max-age", "3", "--timeout", "800ms",
-        "--target", "dc1/n1=http://127.0.0.1:9100/healthz",
-        "--target", "dc1/n2=http://127.0.0.1:9101/healthz",
-        "--ts-field", "timestamp,ts"], environ={})
+    s = load_settings(
+        ProberSettings,
+        [
+            "--interval",
+            "1",
+            "--max-age",
+            "3",
+            "--timeout",
+            "800ms",
+            "--target",
+            "dc1/n1=http://127.0.0.1:9100/healthz",
+            "--target",
+            "dc1/n2=http://127.0.0.1:9101/healthz",
+            "--ts-field",
+            "timestamp,ts",
+        ],
+        environ={},
+    )
     assert (s.interval, s.max_age, s.timeout) == (1.0, 3.0, 0.8)
-    assert s.targets() == {NodeId("dc1", "n1"): "http://127.0.0.1:9100/healthz",
-                           NodeId("dc1", "n2"): "http://127.0.0.1:9101/healthz"}
+    assert s.targets() == {
+        NodeId("dc1", "n1"): "http://127.0.0.1:9100/healthz",
+        NodeId("dc1", "n2"): "http://127.0.0.1:9101/healthz",
+    }
     assert s.ts_field == ["timestamp", "ts"]
 
 
@@ -43,8 +58,9 @@ def test_fast_demo_timings_and_targets() -> None:
         (["--timeout", "soon"], "--timeout"),
     ],
 )
-def test_bad_flags_exit_2_naming_the_flag(argv: list[str], needle: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flags_exit_2_naming_the_flag(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad value stops start-up with status 2 and one line naming what was wrong."""
     with pytest.raises(SystemExit) as exc:
         load_settings(ProberSettings, argv, environ={})

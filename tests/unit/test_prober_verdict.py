@@ -18,11 +18,18 @@ NOW = 1_800_000_000.0
 RULES = Rules(max_age=30.0, future_tolerance=5.0)
 
 
-def verdict(status: int, body: bytes | str, *, truncated: bool = False,
-            rules: Rules = RULES, headers: dict[str, str] | None = None) -> str:
+def verdict(
+    status: int,
+    body: bytes | str,
+    *,
+    truncated: bool = False,
+    rules: Rules = RULES,
+    headers: dict[str, str] | None = None,
+) -> str:
     data = body.encode() if isinstance(body, str) else body
-    return judge(status=status, headers=headers or {}, body=data, truncated=truncated,
-                 now=NOW, rules=rules).verdict
+    return judge(
+        status=status, headers=headers or {}, body=data, truncated=truncated, now=NOW, rules=rules
+    ).verdict
 
 
 def j(**fields: object) -> str:
@@ -76,8 +83,9 @@ def test_verdict_table(status: int, body: str, want: str) -> None:
 
 def test_stale_age_is_reported() -> None:
     """A stale verdict carries the body's age and says how old it is."""
-    out = judge(status=200, headers={}, body=j(ts=NOW - 120).encode(), truncated=False,
-                now=NOW, rules=RULES)
+    out = judge(
+        status=200, headers={}, body=j(ts=NOW - 120).encode(), truncated=False, now=NOW, rules=RULES
+    )
     assert out.age == pytest.approx(120.0) and "120.000s old" in out.detail
 
 
@@ -96,8 +104,14 @@ def test_alternative_timestamp_field() -> None:
 
 def test_redirect_detail_names_location() -> None:
     """The redirect detail names where it pointed (and that we did not follow)."""
-    out = judge(status=302, headers={"Location": "http://127.0.0.1/x"}, body=b"",
-                truncated=False, now=NOW, rules=RULES)
+    out = judge(
+        status=302,
+        headers={"Location": "http://127.0.0.1/x"},
+        body=b"",
+        truncated=False,
+        now=NOW,
+        rules=RULES,
+    )
     assert "http://127.0.0.1/x" in out.detail and "not followed" in out.detail
 
 
@@ -121,8 +135,17 @@ def test_units_are_told_apart_by_magnitude(seconds: float) -> None:
         assert parse_timestamp(seconds * scale) == pytest.approx(seconds, rel=1e-9)
 
 
-@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
-                 st.lists(st.integers()), st.dictionaries(st.text(), st.integers())))
+@given(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(),
+        st.lists(st.integers()),
+        st.dictionaries(st.text(), st.integers()),
+    )
+)
 def test_junk_timestamps_never_crash(value: object) -> None:
     """Any JSON value either parses to a finite positive time or raises BadTimestamp."""
     try:
@@ -142,8 +165,7 @@ def test_junk_bodies_never_crash(body: bytes, status: int) -> None:
 def test_lies_rank_worst() -> None:
     """stale and future rank below every honest failure."""
     honest = [v for v in VERDICT_RANK if v not in ("stale", "future")]
-    assert min(VERDICT_RANK["stale"], VERDICT_RANK["future"]) > max(
-        VERDICT_RANK[v] for v in honest)
+    assert min(VERDICT_RANK["stale"], VERDICT_RANK["future"]) > max(VERDICT_RANK[v] for v in honest)
 
 
 @pytest.mark.parametrize(

@@ -47,11 +47,17 @@ async def test_files_dropped_from_the_document_are_removed(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("files", "fragment"),
-    [({"../escape": "x"}, "must be relative"), ({"/etc/passwd": "x"}, "must be relative"),
-     ({"desired.json": "x"}, "reserved"), ({"a": 5}, "must be text"), ("notamap", "map")],
+    [
+        ({"../escape": "x"}, "must be relative"),
+        ({"/etc/passwd": "x"}, "must be relative"),
+        ({"desired.json": "x"}, "reserved"),
+        ({"a": 5}, "must be text"),
+        ("notamap", "map"),
+    ],
 )
-async def test_bad_files_entries_change_nothing(tmp_path: Path, files: object,
-                                                fragment: str) -> None:
+async def test_bad_files_entries_change_nothing(
+    tmp_path: Path, files: object, fragment: str
+) -> None:
     """A files map that would escape the state dir, or is malformed, is refused whole."""
     act = FilesActuator(tmp_path)
     result = await act.apply({"files": files}, revision=1)

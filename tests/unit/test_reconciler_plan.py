@@ -45,8 +45,9 @@ DOC = {"files": {"a.txt": "x"}, "replicas": 2}
         ({"f": {"x": "1"}}, {"f": "flat"}, ["f: changed"]),
     ],
 )
-def test_diff_names_each_drifted_field(desired: dict[str, Any], current: dict[str, Any],
-                                       want: list[str]) -> None:
+def test_diff_names_each_drifted_field(
+    desired: dict[str, Any], current: dict[str, Any], want: list[str]
+) -> None:
     """diff lists exactly the fields that differ, recursing into maps, type-strict."""
     assert diff(desired, current) == want
 
@@ -91,8 +92,11 @@ def test_cycle_delay_stays_within_ten_percent(interval: float, u: float) -> None
     assert interval * 0.9 - 1e-9 <= d <= interval * 1.1 + 1e-9
 
 
-@given(st.integers(min_value=1, max_value=10_000), st.floats(min_value=0.05, max_value=600),
-       st.floats(min_value=0, max_value=0.999999))
+@given(
+    st.integers(min_value=1, max_value=10_000),
+    st.floats(min_value=0.05, max_value=600),
+    st.floats(min_value=0, max_value=0.999999),
+)
 def test_retry_delay_is_capped_at_the_interval(attempt: int, interval: float, u: float) -> None:
     """Backoff after failed reads never waits longer than one interval, never zero."""
     d = retry_delay(attempt, interval, u)
@@ -139,8 +143,14 @@ def test_default_max_age_allows_three_jittered_cycles() -> None:
 
 @pytest.mark.parametrize(
     ("host", "node"),
-    [("web1", "web1"), ("web1.example.com", "web1-example-com"), ("a b@c", "a-b-c"),
-     ("...", "host"), ("x" * 80, "x" * 64), ("3f2a9c1b0d4e", "3f2a9c1b0d4e")],
+    [
+        ("web1", "web1"),
+        ("web1.example.com", "web1-example-com"),
+        ("a b@c", "a-b-c"),
+        ("...", "host"),
+        ("x" * 80, "x" * 64),
+        ("3f2a9c1b0d4e", "3f2a9c1b0d4e"),
+    ],
 )
 def test_hostnames_become_valid_node_names(host: str, node: str) -> None:
     """SITE/@hostname yields a node name matching [A-Za-z0-9_-]{1,64}."""
@@ -151,11 +161,13 @@ def test_hostnames_become_valid_node_names(host: str, node: str) -> None:
 
 @pytest.mark.parametrize(
     ("error", "reason"),
-    [("desired read timed out after 2s", "timeout"),
-     ("desired read failed: bucket not found", "bucket_missing"),
-     ("desired read failed: NoRespondersError: nats: no responders", "no_responders"),
-     ("desired read failed: ConnectionClosedError", "disconnected"),
-     ("something else", "read_failed")],
+    [
+        ("desired read timed out after 2s", "timeout"),
+        ("desired read failed: bucket not found", "bucket_missing"),
+        ("desired read failed: NoRespondersError: nats: no responders", "no_responders"),
+        ("desired read failed: ConnectionClosedError", "disconnected"),
+        ("something else", "read_failed"),
+    ],
 )
 def test_read_errors_get_short_reasons(error: str, reason: str) -> None:
     """Failed reads are counted under a small, fixed set of reason labels."""
@@ -174,11 +186,17 @@ def test_settings_defaults_and_hostname_node() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--node", "dc1"], ["--node", "dc1/a.b"], ["--node", "d/n", "--interval", "0"],
-     ["--node", "d/n", "--advertise-url", "ftp://x"], ["--node", "d/n", "--health-port", "-1"]],
+    [
+        ["--node", "dc1"],
+        ["--node", "dc1/a.b"],
+        ["--node", "d/n", "--interval", "0"],
+        ["--node", "d/n", "--advertise-url", "ftp://x"],
+        ["--node", "d/n", "--health-port", "-1"],
+    ],
 )
-def test_bad_settings_exit_2_naming_the_flag(argv: list[str],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_settings_exit_2_naming_the_flag(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad flag stops start-up with exit status 2 and one line naming it."""
     with pytest.raises(SystemExit) as e:
         load_settings(AgentSettings, argv, environ={})
@@ -188,18 +206,23 @@ def test_bad_settings_exit_2_naming_the_flag(argv: list[str],
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=5)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 _docs = st.dictionaries(st.text(max_size=4), _json, max_size=4)
 
 
 @given(_docs, _docs)
-def test_diff_is_empty_exactly_when_documents_are_equal(a: dict[str, Any],
-                                                        b: dict[str, Any]) -> None:
+def test_diff_is_empty_exactly_when_documents_are_equal(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
     """No drift means equal documents (and equal documents mean no drift), for any JSON."""
     assert diff(a, a) == []
     assert (diff(a, b) == []) == (a == b and _same_types(a, b))
