@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import sys
 import types
 import typing
@@ -20,6 +22,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.identity import check_part
 from shared.subjects import DEFAULT_PREFIX, check_prefix
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -174,3 +177,14 @@ def service_config(service: str) -> SettingsConfigDict:
     return SettingsConfigDict(
         env_prefix=f"FLEETWATCH_{service.upper()}_", extra="forbid", frozen=True
     )
+
+
+def default_instance(fallback: str = "instance") -> str:
+    """``hostname-pid`` reduced to the characters a subject token may hold."""
+    raw = f"{socket.gethostname()}-{os.getpid()}"
+    return (re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-") or fallback)[-64:]
+
+
+def instance_name(value: str, fallback: str = "instance") -> str:
+    """A service instance's name for subjects: the given one, validated, or ``hostname-pid``."""
+    return check_part(value or default_instance(fallback), "instance")

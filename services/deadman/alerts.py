@@ -15,7 +15,7 @@ from services.deadman.publisher import AlertPublisher
 from services.deadman.tracker import Transition
 from shared.clock import Clock
 from shared.identity import NodeId
-from shared.models import Alert
+from shared.models import Alert, AlertState, Severity
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class Alerts:
             id=t.alert_id,
             kind=t.kind,
             state=t.state,
-            severity=t.severity,  # type: ignore[arg-type]
+            severity=t.severity,
             site=site,
             node=node,
             ts=self.clock.wall(),
@@ -101,7 +101,7 @@ class Alerts:
             id=t.alert_id,
             kind="site",
             state=t.state,
-            severity=t.severity,  # type: ignore[arg-type]
+            severity=t.severity,
             site=t.key,
             node=None,
             ts=self.clock.wall(),
@@ -123,8 +123,8 @@ class Alerts:
         self,
         *,
         alert_id: str,
-        state: str,
-        severity: str,
+        state: AlertState,
+        severity: Severity,
         since: float,
         reason: str,
         summary: str,
@@ -135,7 +135,7 @@ class Alerts:
             id=alert_id,
             kind="self",
             state=state,
-            severity=severity,  # type: ignore[arg-type]
+            severity=severity,
             site=None,
             node=None,
             ts=self.clock.wall(),

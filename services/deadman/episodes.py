@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shared.identity import NodeId
+from shared.models import Severity
 
 NodeState = Literal["up", "late", "down", "never_seen"]
 Kind = Literal["silent", "never_seen", "site", "self"]
@@ -43,7 +44,7 @@ class Episode:
         since: float,
         fired_at: float,
         count: int = 1,
-        severity: str = "page",
+        severity: Severity = "page",
     ) -> None:
         self.alert_id = alert_id
         self.kind: Kind = kind
@@ -110,7 +111,7 @@ class Transition:
     since: float
     last_seen: float | None
     reason: str
-    severity: str = "page"
+    severity: Severity = "page"
     count: int = 1
 
 

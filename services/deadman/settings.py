@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
 from shared.durations import Duration
-from shared.settings import ServiceSettings, service_config
-
-
-def default_instance() -> str:
-    """hostname-pid, reduced to the characters a subject token allows."""
-    raw = f"{socket.gethostname()}-{os.getpid()}"
-    return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:64]
+from shared.settings import ServiceSettings, instance_name, service_config
 
 
 class DeadmanSettings(ServiceSettings):
@@ -77,11 +68,7 @@ class DeadmanSettings(ServiceSettings):
     @field_validator("instance")
     @classmethod
     def _instance(cls, value: str) -> str:
-        if not value:
-            return default_instance()
-        if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value) is None:
-            raise ValueError("must be 1-64 letters, digits, '_' or '-'")
-        return value
+        return instance_name(value, "deadman")
 
     @field_validator("window", "persist_every", "canary_every", "blind_after", "inventory_resync")
     @classmethod

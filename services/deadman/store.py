@@ -284,13 +284,15 @@ class StateStore:
         alert_id, kind, since, fired_at, notified, count, severity, *rest = ep
         if kind not in ("silent", "never_seen"):
             raise ValueError(f"unknown episode kind {kind!r}")
+        if severity not in ("page", "warning", "info"):
+            raise ValueError(f"unknown severity {severity!r}")
         episode = Episode(
             alert_id=str(alert_id),
             kind=kind,
             since=to_mono(float(since)),
             fired_at=to_mono(float(fired_at)),
             count=int(count),
-            severity=str(severity),
+            severity=severity,
         )
         episode.notified = to_mono(float(notified))
         if rest and isinstance(rest[0], str):

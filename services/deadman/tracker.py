@@ -32,6 +32,7 @@ from services.deadman.episodes import (
     Transition,
     episode_id,
 )
+from shared.models import Severity
 
 __all__ = ["Episode", "Judgement", "Record", "SiteEpisode", "Tracker", "Transition"]
 
@@ -190,7 +191,7 @@ class Tracker:
                 )
             )
             return
-        severity = "page"
+        severity: Severity = "page"
         if rec.last_seen is None:
             kind: Kind = "never_seen"
             since = rec.hold - self.grace

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from shared.durations import Duration
-from shared.identity import NodeId, check_part
-from shared.settings import ServiceSettings, service_config
-
-_INSTANCE_BAD = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def default_instance() -> str:
-    """``hostname-pid`` reduced to the characters a subject token may hold."""
-    raw = f"{socket.gethostname()}-{os.getpid()}"
-    return (_INSTANCE_BAD.sub("-", raw).strip("-") or "prober")[-64:]
+from shared.identity import NodeId
+from shared.settings import ServiceSettings, instance_name, service_config
 
 
 def parse_target(text: str) -> tuple[NodeId, str]:
@@ -103,7 +93,7 @@ class ProberSettings(ServiceSettings):
     @field_validator("instance")
     @classmethod
     def _instance(cls, value: str) -> str:
-        return check_part(value or default_instance(), "instance")
+        return instance_name(value, "prober")
 
     def targets(self) -> dict[NodeId, str]:
         """The ``--target`` flags as a map (the last one for a node wins)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.prober.settings import ProberSettings, default_instance, parse_target
+from services.prober.settings import ProberSettings, parse_target
 from shared.identity import NodeId
-from shared.settings import load_settings
+from shared.settings import default_instance, load_settings
 
 
 def test_defaults() -> None:
