@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -23,6 +23,9 @@ from shared.identity import NodeId
 from shared.models import Part, Timestamp
 
 log = logging.getLogger(__name__)
+
+REPLAY_TIMEOUT = 10.0
+"""Longest wait for the next entry of a watch's initial replay before giving up on it."""
 
 LabelText = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
@@ -158,39 +161,46 @@ class InventoryView:
             await self._emit(entry.node_id, entry)
         return entry.node_id
 
-    async def resync(self) -> None:
-        """Re-read every key; nodes no longer present are removed."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
-        seen: set[NodeId] = set()
-        for key in keys:
+    async def _replay(self, watcher: Any, stop: asyncio.Event) -> None:
+        """Read the watch's initial replay (the latest entry of every key, delete markers
+        included) up to its end marker, then drop nodes the replay did not show.
+
+        The listing comes from the same watch that then follows changes, so nothing falls in a
+        gap between "list" and "watch", and only a complete replay removes anything: an error or
+        a timeout part-way leaves every known node in place.
+        """
+        present: set[NodeId] = set()
+        while not stop.is_set():
             try:
-                entry = await self.kv.get(key)
-            except NotFoundError:
+                upd = await watcher.updates(timeout=REPLAY_TIMEOUT)
+            except TimeoutError:
+                raise TimeoutError("inventory replay did not finish") from None
+            if upd is None:
+                break
+            node = await self._apply(upd.key, upd.value, upd.operation)
+            if upd.operation in ("DEL", "PURGE") or upd.value is None:
                 continue
-            node = await self._apply(key, entry.value, entry.operation)
-            if node is not None and node in self.entries:
-                seen.add(node)
-            elif node is None:
+            if node is not None:
+                present.add(node)
+            else:
                 # an unreadable value keeps whatever we knew under that key
-                try:
-                    seen.add(NodeId.from_key(key))
-                except InvalidNodeId:
-                    pass
-        for node in [n for n in self.entries if n not in seen]:
+                with contextlib.suppress(InvalidNodeId):
+                    present.add(NodeId.from_key(upd.key))
+        else:
+            return
+        for node in [n for n in self.entries if n not in present]:
             del self.entries[node]
             await self._emit(node, None)
         self.synced.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Resync, then follow the watch, resyncing every ``resync_every``; until ``stop``."""
+        """Replay and follow a watch, starting a fresh one every ``resync_every`` (a watch can
+        go quiet after a server restart, NATS-NOTES.md); until ``stop``."""
         while not stop.is_set():
             try:
-                await self.resync()
-                watcher = await self.kv.watchall(include_history=False)
+                watcher = await self.kv.watchall()
                 try:
+                    await self._replay(watcher, stop)
                     await self._follow(watcher, stop)
                 finally:
                     with contextlib.suppress(Exception):
@@ -199,10 +209,8 @@ class InventoryView:
                 raise
             except Exception as e:
                 log.warning("inventory watch failed (%s: %s); retrying", type(e).__name__, e)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
-                except TimeoutError:
-                    pass
 
     async def _follow(self, watcher: Any, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -291,3 +291,29 @@ async def test_first_connect_waits_for_a_late_broker_without_spinning(
         assert c.is_connected
     finally:
         await c.close()
+
+
+async def test_inventory_resyncs_never_remove_a_present_node(nc: NATS, subjects: Subjects) -> None:
+    """Repeated full re-reads while other keys churn never report a present node as removed."""
+    store = await ensure_fleet(nc.jetstream(), subjects)
+    await store.nodes.put("dc1.keep", b'{"v":1,"site":"dc1","node":"keep"}')
+    removed: list[str] = []
+    view = InventoryView(
+        store.nodes,
+        on_change=lambda n, e: removed.append(str(n)) if e is None else None,
+        resync_every=0.1,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(view.run(stop))
+    try:
+        await asyncio.wait_for(view.synced.wait(), 5)
+        for i in range(60):  # churn: add and delete other nodes through several resyncs
+            await store.nodes.put(f"dc2.n{i}", b'{"v":1,"site":"dc2","node":"n%d"}' % i)
+            await store.nodes.delete(f"dc2.n{i}")
+        await wait_for(lambda: len(removed) >= 60, timeout=10, what="churned nodes removed")
+        await asyncio.sleep(0.5)  # let a few more resyncs run over the final state
+        assert "dc1/keep" not in removed
+        assert NodeId("dc1", "keep") in view.entries
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
