@@ -28,7 +28,7 @@ from fleetwatch.options import Parser, add_connection, duration, node_id
 from shared.bootstrap import FleetStore, ensure_fleet
 from shared.bus import connect_once
 from shared.codec import decode_document, encode_document
-from shared.errors import DecodeError, RevisionConflict
+from shared.errors import BrokerUnreachable, DecodeError, RevisionConflict
 from shared.identity import NodeId
 from shared.inventory import InventoryEntry, decode_entry
 from shared.subjects import Subjects
@@ -50,7 +50,7 @@ async def _with_store(args: Any, body: Callable[[FleetStore], Awaitable[int]]) -
 def _run(args: Any, body: Callable[[FleetStore], Awaitable[int]]) -> int:
     try:
         return asyncio.run(_with_store(args, body))
-    except (CommandError, ConnectionError, RevisionConflict) as e:
+    except (CommandError, BrokerUnreachable, RevisionConflict) as e:
         print(f"fleetwatch: error: {e}", file=sys.stderr)
         return 1
 
@@ -73,7 +73,7 @@ async def cas_put(kv: KeyValue, key: str, value: bytes, *, if_revision: int | No
     except (KeyWrongLastSequenceError, BadRequestError) as e:
         now = await _current_revision(kv, key)
         raise RevisionConflict(
-            f"{key} is at revision {now}, not {expected}: someone else wrote it; "
+            f"{_who(key)} is at revision {now}, not {expected}: someone else wrote it; "
             f"read it again and retry with --if-revision {now}"
         ) from e
 
@@ -82,13 +82,18 @@ async def cas_delete(kv: KeyValue, key: str, *, if_revision: int | None) -> int:
     """Delete the key only if it is still at ``if_revision``; returns the revision deleted."""
     expected = await _current_revision(kv, key) if if_revision is None else if_revision
     if expected == 0:
-        raise CommandError(f"{key} does not exist")
+        raise CommandError(f"{_who(key)} does not exist")
     try:
         await kv.delete(key, last=expected)
     except (KeyWrongLastSequenceError, BadRequestError) as e:
         now = await _current_revision(kv, key)
-        raise RevisionConflict(f"{key} is at revision {now}, not {expected}") from e
+        raise RevisionConflict(f"{_who(key)} is at revision {now}, not {expected}") from e
     return expected
+
+
+def _who(key: str) -> str:
+    """A KV key as people write the node: dc1.n1 -> dc1/n1."""
+    return key.replace(".", "/", 1)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -246,10 +251,19 @@ def _document(text: str) -> dict[str, Any]:
     import argparse
 
     try:
-        doc = decode_document(text.encode(), what="desired document")
-    except DecodeError as e:
-        raise argparse.ArgumentTypeError(e.detail) from None
+        doc = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise argparse.ArgumentTypeError(f"desired document is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        kind = "list/array" if isinstance(doc, list) else type(doc).__name__
+        raise argparse.ArgumentTypeError(
+            f'desired document is a {kind}; it must be a JSON object like \'{{"image":"app:v2"}}\''
+        )
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
 
 
 def desired_parser() -> Parser:

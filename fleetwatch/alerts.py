@@ -18,7 +18,7 @@ from fleetwatch.options import Parser, add_connection, duration
 from fleetwatch.view import format_alert
 from shared.bus import connect, connect_once
 from shared.codec import decode
-from shared.errors import DecodeError
+from shared.errors import BrokerUnreachable, DecodeError
 from shared.models import Alert
 from shared.runtime import stop_on_signals
 from shared.subjects import Subjects
@@ -109,6 +109,6 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         return asyncio.run(_main(args))
-    except ConnectionError as e:
+    except BrokerUnreachable as e:
         print(f"fleetwatch alerts: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -45,6 +47,9 @@ def resolve(command: str) -> Callable[[list[str]], int] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fleetwatch`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--version":
+        print(f"fleetwatch {version()}")
+        return 0
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else 2
@@ -56,6 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fn(args[1:])
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`fleetwatch status | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def version() -> str:
+    """The installed distribution's version (or "dev" from a bare checkout)."""
+    try:
+        return importlib.metadata.version("fleetwatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from fleetwatch.options import Parser, add_connection, duration
 from fleetwatch.view import request_status
 from shared.bus import connect_once
 from shared.codec import decode
-from shared.errors import DecodeError
+from shared.errors import BrokerUnreachable, DecodeError
 from shared.identity import NodeId
 from shared.models import Alert, Heartbeat
 from shared.subjects import Subjects
@@ -368,8 +368,13 @@ class Drill:
         return out
 
     def finish(self) -> int:
-        table = Table(title="fleetwatch drill")
-        for col in ("node", "killed at", "last heartbeat", "paged at", "expected by", "verdict"):
+        table = Table(
+            title="fleetwatch drill",
+            caption=f"due = last heartbeat + window {self.window:g}s + pending {self.pending:g}s; "
+            f"a page is on time from {EARLY_SLACK:g}s before due to "
+            f"{self.args.tolerance:g}s after",
+        )
+        for col in ("node", "killed at", "last heartbeat", "due", "paged at", "late by", "verdict"):
             table.add_column(col)
         if self.args.restore:
             table.add_column("resolved")
@@ -382,18 +387,19 @@ class Drill:
             )
 
         for v in self.victims.values():
-            lateness = (
-                ""
+            late_by = (
+                "-"
                 if v.paged_at is None or v.expected_at is None
-                else f" ({v.paged_at - v.expected_at:+.2f}s)"
+                else f"{v.paged_at - v.expected_at:+.3f}s"
             )
             row = [
                 v.node,
                 t(v.killed_at),
                 t(v.last_hb),
+                t(v.expected_at),
                 t(v.paged_at),
-                t(None if v.expected_at is None else v.expected_at + self.args.tolerance),
-                (v.verdict + lateness) if not v.kill_error else f"kill failed: {v.kill_error}",
+                late_by,
+                v.verdict if not v.kill_error else f"kill failed: {v.kill_error}",
             ]
             if self.args.restore:
                 row.append(t(v.resolved_at) if v.resolved_at else f"no ({v.restored})")
@@ -447,6 +453,6 @@ def main(argv: list[str]) -> int:
         args.kill = len(args.nodes)
     try:
         return asyncio.run(_main(args))
-    except (DrillError, ConnectionError) as e:
+    except (DrillError, BrokerUnreachable) as e:
         print(f"fleetwatch drill: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ from typing import NoReturn
 from shared.durations import parse_duration
 from shared.errors import InvalidDuration, InvalidNodeId
 from shared.identity import NodeId
-from shared.settings import DEFAULT_NATS_URL
+from shared.settings import DEFAULT_NATS_URL, check_nats_url
 from shared.subjects import DEFAULT_PREFIX, check_prefix
 
 
@@ -44,10 +44,19 @@ def prefix(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def nats_url(text: str) -> str:
+    """argparse type for a NATS URL."""
+    try:
+        return check_nats_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_connection(parser: argparse.ArgumentParser) -> None:
     """``--nats`` and ``--prefix`` with their environment defaults."""
     parser.add_argument(
         "--nats",
+        type=nats_url,
         default=os.environ.get("FLEETWATCH_NATS_URL", DEFAULT_NATS_URL),
         help="NATS URL [env FLEETWATCH_NATS_URL; default %(default)s]",
     )

@@ -23,9 +23,10 @@ from services.reconciler.actuators import MemoryActuator
 from services.reconciler.loop import ReconcileLoop
 from services.reconciler.state import MemoryRevisions
 from shared.bootstrap import ensure_fleet
-from shared.bus import connect
+from shared.bus import connect, connect_once
 from shared.clock import SystemClock
 from shared.codec import encode_document
+from shared.errors import BrokerUnreachable
 from shared.identity import NodeId, check_part
 from shared.inventory import InventoryEntry
 from shared.runtime import run, stop_on_signals
@@ -38,7 +39,12 @@ def parser() -> Parser:
     p.add_argument("--nodes", type=_positive, default=1000, help="simulated nodes (default 1000)")
     p.add_argument("--sites", type=_positive, default=10, help="sites to spread them over")
     p.add_argument("--site-prefix", default="sim", help="site names are PREFIX-0, PREFIX-1, ...")
-    p.add_argument("--interval", type=duration, default=30.0, help="cycle interval (default 30s)")
+    p.add_argument(
+        "--interval",
+        type=duration,
+        default=None,
+        help="cycle interval (default: a third of the running deadman's window, at most 30s)",
+    )
     p.add_argument(
         "--kill-rate",
         type=float,
@@ -53,9 +59,10 @@ def parser() -> Parser:
         help="do not put the nodes in the inventory (they then show as unregistered)",
     )
     p.add_argument(
-        "--unregister",
+        "--keep",
         action="store_true",
-        help="remove the simulated nodes from the inventory on exit",
+        help="leave the simulated nodes in the inventory on exit (default: remove them, so a "
+        "finished simulation does not page as a dead fleet)",
     )
     p.add_argument("--report-every", type=duration, default=5.0, help="progress line period")
     return p
@@ -98,9 +105,22 @@ async def _main(args: Any) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     subjects = Subjects(args.prefix)
+    # fail fast on a wrong URL; after that, ride out broker restarts like any agent would
+    await (await connect_once(args.nats, name="fleetwatch-sim-check")).close()
     nc = await connect(args.nats, name="fleetwatch-sim", pending_size=64 * 1024 * 1024)
     try:
         store = await ensure_fleet(nc.jetstream(timeout=10), subjects)
+        window = ((await request_status(nc, subjects, "deadman", timeout=2.0)) or {}).get("window")
+        if args.interval is None:
+            args.interval = min(30.0, float(window) / 3) if window else 30.0
+            print(f"sim: cycle interval {args.interval:g}s", flush=True)
+        elif window and args.interval >= float(window):
+            print(
+                f"sim: warning: --interval {args.interval:g}s is not shorter than the deadman's "
+                f"window {float(window):g}s, so healthy simulated nodes will page",
+                file=sys.stderr,
+                flush=True,
+            )
         nodes = [
             NodeId(f"{args.site_prefix}-{i % args.sites}", f"n{i:06d}") for i in range(args.nodes)
         ]
@@ -181,8 +201,10 @@ async def _main(args: Any) -> int:
         for ev in stops.values():
             ev.set()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-        if args.unregister:
+        if args.register and not args.keep:
             await _gather_chunked([store.nodes.delete(n.key) for n in nodes])
+            await _gather_chunked([store.desired.delete(n.key) for n in nodes])
+            print(f"sim: removed {len(nodes)} simulated nodes from the inventory", flush=True)
     finally:
         await nc.drain()
     return 0
@@ -197,8 +219,10 @@ def main(argv: list[str]) -> int:
         parser().error(str(e))
     if not 0 <= args.kill_rate <= 1:
         parser().error("--kill-rate must be between 0 and 1")
+    if args.interval is not None and args.interval < 0.05:
+        parser().error("--interval must be at least 50ms")
     try:
         return run(_main(args))
-    except ConnectionError as e:
+    except BrokerUnreachable as e:
         print(f"fleetwatch sim: {e}", file=sys.stderr)
         return 1

@@ -40,7 +40,7 @@ from fleetwatch.view import render, snapshot
 from shared.bootstrap import ensure_fleet
 from shared.bus import connect
 from shared.codec import decode, encode_document
-from shared.errors import DecodeError, ServerBinaryMissing
+from shared.errors import BrokerUnreachable, DecodeError, ServerBinaryMissing
 from shared.identity import NodeId
 from shared.inventory import InventoryEntry, decode_entry
 from shared.models import Alert, ReconcileReport
@@ -312,7 +312,10 @@ class Stack:
             "timings": self.timings.__dict__,
             "children": {c.name: c.pid for c in [*self.judges, *self.agents.values()]},
         }
-        (self.run_dir / "up.json").write_text(json.dumps(state, indent=2))
+        # atomic: a reader (drill, tests, a second `up`) never sees a half-written file
+        tmp = self.run_dir / "up.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.run_dir / "up.json")
 
     # ---- run ----------------------------------------------------------------------------
 
@@ -442,7 +445,7 @@ def main(argv: list[str]) -> int:
             stack = Stack(args, run_dir)
             try:
                 return run(_run(stack))
-            except (RuntimeError, TimeoutError, ServerBinaryMissing, ConnectionError) as e:
+            except (RuntimeError, TimeoutError, ServerBinaryMissing, BrokerUnreachable) as e:
                 stack.stop()
                 print(f"fleetwatch up: {e}", file=sys.stderr)
                 return 1

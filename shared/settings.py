@@ -30,6 +30,15 @@ DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 S = TypeVar("S", bound="ServiceSettings")
 
 
+def check_nats_url(value: str) -> str:
+    """A NATS server URL, or several separated by commas; ValueError naming the bad one."""
+    for url in value.split(","):
+        url = url.strip()
+        if not url.startswith(("nats://", "tls://", "ws://", "wss://")) or "://" == url[-3:]:
+            raise ValueError(f"{url!r} is not a NATS URL (expected nats://HOST:PORT)")
+    return value
+
+
 class ServiceSettings(BaseSettings):
     """Fields every service has. Subclasses set ``service`` and ``model_config``."""
 
@@ -43,11 +52,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("nats")
     @classmethod
     def _nats_url(cls, value: str) -> str:
-        for url in value.split(","):
-            url = url.strip()
-            if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError(f"{url!r} is not a NATS URL (expected nats://HOST:PORT)")
-        return value
+        return check_nats_url(value)
 
     @field_validator("prefix")
     @classmethod

@@ -51,6 +51,7 @@ def test_sim_nodes_are_tracked_then_page_when_the_sim_stops(
             "0.3s",
             "--report-every",
             "1s",
+            "--keep",
             log=tmp_path / "sim.log",
         )
 
