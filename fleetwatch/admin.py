@@ -112,6 +112,8 @@ def _url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
+    if any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} contains white space; encode it (%20)")
     return text
 
 

@@ -56,7 +56,8 @@ async def _main(args: Any) -> int:
         try:
             alert = decode(Alert, msg.data)
         except DecodeError as e:
-            console.print(f"[dim]skipping an unreadable alert on {msg.subject}: {e}[/dim]")
+            # stderr, so `--json` output stays one JSON object per line
+            print(f"skipping an unreadable alert on {msg.subject}: {e}", file=sys.stderr)
         else:
             shown += 1
             if args.json:

@@ -10,6 +10,7 @@ from pathlib import Path
 import platformdirs
 
 from fleetwatch.options import Parser
+from fleetwatch.procs import die_with_parent
 from shared.errors import ServerBinaryMissing
 from shared.server import EmbeddedServer
 
@@ -59,6 +60,7 @@ def main(argv: list[str]) -> int:
             host=args.host,
             monitor_port=args.monitor_port,
             config_file=args.config,
+            preexec_fn=die_with_parent,  # a killed `fleetwatch server` takes its broker along
         )
     except ServerBinaryMissing as e:
         print(f"fleetwatch server: {e}", file=sys.stderr)

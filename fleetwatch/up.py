@@ -30,7 +30,7 @@ from rich.live import Live
 from fleetwatch.options import Parser
 from fleetwatch.procs import (
     Child,
-    _die_with_parent,
+    die_with_parent,
     fleetwatch_argv,
     free_ports,
     port_in_use,
@@ -198,7 +198,7 @@ class Stack:
             port=self.args.nats_port,
             log_file=self.run_dir / "logs" / "nats-server.log",
             monitor_port=None,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         server.start()
         self.server = server

@@ -67,7 +67,12 @@ class NodeRow:
 
     @property
     def green(self) -> bool:
-        return self.state == "up" and self.verdict in (None, "fresh")
+        """Heard from in time, answering fresh, and (where known) applying its desired state."""
+        return (
+            self.state == "up"
+            and self.verdict in (None, "fresh")
+            and self.outcome not in ("apply_failed", "unknown_desired", "stale_revision")
+        )
 
 
 @dataclass

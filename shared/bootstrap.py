@@ -109,7 +109,16 @@ async def ensure_fleet(
         ),
         strict=strict,
     )
-    c3 = await ensure_stream(
+    c3 = await ensure_alert_stream(js, subjects, replicas=replicas, strict=strict)
+    return FleetStore(nodes=nodes, desired=desired, conflicts=tuple(c1 + c2 + c3))
+
+
+async def ensure_alert_stream(
+    js: JetStreamContext, subjects: Subjects, *, replicas: int = 1, strict: bool = False
+) -> list[str]:
+    """The alert stream (``PREFIX_ALERTS`` on ``PREFIX.alert.>``); publishers call this again
+    when a publish finds no stream, so a stream deleted at runtime comes back."""
+    return await ensure_stream(
         js,
         StreamConfig(
             name=subjects.alerts_stream,
@@ -121,4 +130,3 @@ async def ensure_fleet(
         ),
         strict=strict,
     )
-    return FleetStore(nodes=nodes, desired=desired, conflicts=tuple(c1 + c2 + c3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -196,6 +197,7 @@ class InventoryView:
     async def run(self, stop: asyncio.Event) -> None:
         """Replay and follow a watch, starting a fresh one every ``resync_every`` (a watch can
         go quiet after a server restart, NATS-NOTES.md); until ``stop``."""
+        failures, last_log = 0, 0.0
         while not stop.is_set():
             try:
                 watcher = await self.kv.watchall()
@@ -208,9 +210,24 @@ class InventoryView:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("inventory watch failed (%s: %s); retrying", type(e).__name__, e)
+                # keep every known node (an outage or a deleted bucket is not "all removed");
+                # retry with a growing pause and log once per streak, then every 30 s
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - last_log >= 30:
+                    log.warning(
+                        "inventory watch failed %d time(s) (%s: %s); keeping %d known "
+                        "nodes and retrying",
+                        failures,
+                        type(e).__name__,
+                        e,
+                        len(self.entries),
+                    )
+                    last_log = now
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    await asyncio.wait_for(stop.wait(), min(5.0, 0.5 * 2 ** min(failures, 4)))
+            else:
+                failures = 0
 
     async def _follow(self, watcher: Any, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -117,8 +117,8 @@ class EmbeddedServer:
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"nats-server exited with {self.proc.returncode}: "
-                    f"{text.decode(errors='replace')[-2000:]}"
+                    f"nats-server exited with {self.proc.returncode}: {_why(text)} "
+                    f"(log: {self.log_file})"
                 )
             if time.monotonic() > deadline:
                 self.kill()
@@ -148,3 +148,10 @@ class EmbeddedServer:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def _why(log: bytes) -> str:
+    """The fatal or error lines of a failed start, or the last line if there are none."""
+    lines = log.decode(errors="replace").splitlines()
+    bad = [ln.split("] ", 2)[-1] for ln in lines if "[FTL]" in ln or "[ERR]" in ln]
+    return "; ".join(bad) if bad else (lines[-1] if lines else "no output")
