@@ -3,10 +3,17 @@ clocks; every call takes ``now`` (wall seconds, for the alert's ``since``/``ts``
 
 Rules (issue 6): a node pages after ``failure_threshold`` consecutive non-fresh results, at once
 for a lie (``stale``/``future``); it resolves after ``success_threshold`` consecutive fresh
-results with the id it fired with. When at least two targets have results and every one of their
-latest results failed, the trouble is more likely ours (network, DNS, clock): the prober goes
-*blind*, raises one self alert, and pages no node until a target answers fresh again (only a
-fresh answer ends blindness, so a blind alert restored after a restart is not dropped early).
+results with the id it fired with. When at least ``min_blind`` targets have results, every
+tracked target has had one (or two intervals have passed since start), and every latest result
+failed, the trouble is more likely ours (network, DNS, clock, a broker outage every agent
+reports as 503): the prober goes *blind*, raises one self alert, and pages no node until a target
+answers fresh again (only a fresh answer ends blindness, so a blind alert restored after a
+restart is not dropped early). Blindness is never judged in the first interval after start,
+when most targets have not answered yet.
+
+Failure streaks do not grow while blind: they are reset when blindness starts and when it ends,
+so after sight returns each target needs a full ``failure_threshold`` of new failures (lies
+included, until it answers fresh once) before it pages; agents often need a cycle to recover.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class TargetState:
     last_verdict: str | None = None
     last_detail: str = ""
     alert: OpenAlert | None = None
+    # a lie counts like any failure (no page at once) until the target answers fresh: set at
+    # start and when sight returns, since a stale body then may be the outage's, not the node's
+    settling: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,12 @@ class Alerting:
     targets: dict[NodeId, TargetState] = field(default_factory=dict)
     blind_since: float | None = None
     blind_id: str | None = None
+    interval: float = 0.0
+    """Probe interval: no blindness judged within one interval of ``started``."""
+    started: float | None = None
+    """Wall time this prober started (None: no start grace, as in most unit tests)."""
+    min_blind: int = 3
+    """Fewest failing targets that make the prober call itself blind."""
     # running counts so the blind check is O(1) per result, not a scan of every target
     _seen: int = 0
     _fresh: int = 0
@@ -152,6 +168,7 @@ class Alerting:
             st.first_failure = None
             st.fresh += 1
             out.extend(self._check_blind(now))
+            st.settling = False  # after the check: sight returning settles the others only
             if st.alert is not None and st.fresh >= self.success_threshold:
                 a, st.alert = st.alert, None
                 out.append(
@@ -166,16 +183,14 @@ class Alerting:
                 )
             return out
         st.fresh = 0
+        out.extend(self._check_blind(now))
+        if self.blind:
+            return out  # streaks do not grow while we cannot see (they were reset)
         st.failing += 1
         if st.first_failure is None:
             st.first_failure = now
-        out.extend(self._check_blind(now))
-        if (
-            st.alert is None
-            and not self.blind
-            and not quiet
-            and (verdict in LIES or st.failing >= self.failure_threshold)
-        ):
+        lie_now = verdict in LIES and not st.settling and self._judging(now)
+        if st.alert is None and not quiet and (lie_now or st.failing >= self.failure_threshold):
             st.alert = OpenAlert(
                 alert_id(node, st.first_failure), st.first_failure, verdict, detail
             )
@@ -184,11 +199,38 @@ class Alerting:
             st.alert.verdict, st.alert.reason = verdict, detail
         return out
 
+    def _judging(self, now: float) -> bool:
+        """False within the first interval after start."""
+        return self.started is None or now - self.started >= self.interval
+
+    def _round_complete(self, now: float) -> bool:
+        """Every target has answered once, or two intervals passed (a late-added target must
+        not postpone the judgement for ever)."""
+        if not self._judging(now):
+            return False
+        if self._seen >= len(self.targets):
+            return True
+        return self.started is None or now - self.started >= 2 * self.interval
+
+    def _reset_streaks(self, *, settle: bool) -> None:
+        for st in self.targets.values():
+            if st.alert is None:
+                st.failing = 0
+                st.first_failure = None
+            if settle:
+                st.settling = True
+
     def _check_blind(self, now: float) -> list[Transition]:
         any_fresh = self._fresh > 0
-        if self._seen >= 2 and not any_fresh and self.blind_since is None:
+        if (
+            self.blind_since is None
+            and not any_fresh
+            and self._seen >= max(self.min_blind, 2)
+            and self._round_complete(now)
+        ):
             self.blind_since = now
             self.blind_id = f"self.prober.{self.instance}.{int(now * 1000)}"
+            self._reset_streaks(settle=False)
             kinds = sorted(
                 {str(s.last_verdict) for s in self.targets.values() if s.last_verdict is not None}
             )
@@ -205,6 +247,7 @@ class Alerting:
         if any_fresh and self.blind_since is not None:
             since, ident = self.blind_since, self.blind_id or ""
             self.blind_since = self.blind_id = None
+            self._reset_streaks(settle=True)
             return [
                 Transition("resolved", None, ident, since, "fresh", "a target answers fresh again")
             ]

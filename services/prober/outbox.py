@@ -4,6 +4,11 @@ One task drains the queue in order, so probing never waits on the broker. For ea
 it first writes the state (a firing alert is put under its node's key, a resolve deletes it),
 then publishes with ``Nats-Msg-Id`` = alert id + state; a timeout or an outage is retried with
 the same id, so the stream stores each transition once even when a retried publish had landed.
+
+A missing state bucket or alert stream (deleted at runtime) must not hold pages back: a missing
+bucket is counted and recreated and the alert goes out even if the state cannot be written; a
+missing stream is counted, the alert is published on the core subject at once (subscribers still
+see it), and the stream is recreated so the same id can be stored too.
 """
 
 from __future__ import annotations
@@ -12,8 +17,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    NoKeysError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from services.prober.alerting import Alerting, OpenAlert, Transition
@@ -28,6 +40,11 @@ log = logging.getLogger(__name__)
 
 SELF_KEY = "self"
 PUBLISH_TIMEOUT = 2.0
+_MISSING = (NoStreamResponseError, BucketNotFoundError, NotFoundError)
+
+
+def _ignore(_: str) -> None:
+    return None
 
 
 def build_alert(
@@ -97,12 +114,20 @@ class Outbox:
         metrics: ProberMetrics,
         describe: Callable[[Transition], tuple[str, Alert]],
         before_publish: Callable[[], Awaitable[None]],
+        nc: NATS | None = None,
+        repair_state: Callable[[], Awaitable[KeyValue]] | None = None,
+        repair_stream: Callable[[], Awaitable[None]] | None = None,
+        on_error: Callable[[str], None] = _ignore,
     ) -> None:
         self.js = js
         self.state = state
         self.metrics = metrics
         self.describe = describe
         self.before_publish = before_publish
+        self.nc = nc
+        self.repair_state = repair_state
+        self.repair_stream = repair_stream
+        self.on_error = on_error
         self.pending = 0
         self._queue: asyncio.Queue[Transition] = asyncio.Queue()
 
@@ -140,9 +165,9 @@ class Outbox:
         attempt = 0
         while True:
             try:
-                await self._persist(key, tr)
+                await self._persist_or_repair(key, tr)
                 await self.before_publish()
-                await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+                await self._publish(subject, payload, headers, tr)
                 self.metrics.alerts.labels(alert.kind, alert.state).inc()
                 return
             except asyncio.CancelledError:
@@ -159,6 +184,55 @@ class Outbox:
                     attempt,
                 )
                 await asyncio.sleep(min(0.1 * 2 ** min(attempt, 5), 2.0))
+
+    async def _persist_or_repair(self, key: str, tr: Transition) -> None:
+        """Write the state; a missing bucket is recreated, and never blocks the page."""
+        try:
+            await self._persist(key, tr)
+            return
+        except _MISSING as e:
+            self.on_error("state_bucket_missing")
+            log.error("state bucket missing (%s); recreating it", type(e).__name__)
+        try:
+            if self.repair_state is not None:
+                self.state = await self.repair_state()
+            await self._persist(key, tr)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # the page matters more than the state: publish anyway (it may re-fire after restart)
+            self.on_error("state_write")
+            log.error(
+                "alert %s %s: state not written (%s: %s); publishing anyway",
+                tr.alert_id,
+                tr.state,
+                type(e).__name__,
+                e,
+            )
+
+    async def _publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], tr: Transition
+    ) -> None:
+        """JetStream publish; with no stream, a core publish now and a stored one after repair."""
+        try:
+            await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+            return
+        except NoStreamResponseError:
+            if self.nc is None:
+                raise
+            self.on_error("alert_stream_missing")
+            log.error("alert %s %s: no alert stream; published on core", tr.alert_id, tr.state)
+        await self.nc.publish(subject, payload, headers=headers)
+        if self.repair_stream is None:
+            return
+        try:
+            await self.repair_stream()
+            await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.on_error("alert_stream_repair")
+            log.error("alert stream not recreated (%s: %s)", type(e).__name__, e)
 
     async def _persist(self, key: str, tr: Transition) -> None:
         if tr.state == "firing":

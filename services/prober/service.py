@@ -31,7 +31,7 @@ from services.prober.client import Answer, fetch, make_session
 from services.prober.metrics import ProberMetrics
 from services.prober.outbox import PUBLISH_TIMEOUT, Outbox, build_alert, restore_open_alerts
 from services.prober.schedule import following_slot, phase, slots_missed
-from services.prober.settings import ProberSettings
+from services.prober.settings import ProberSettings, check_url
 from services.prober.verdict import Judgement, Rules, judge
 from shared.bootstrap import FleetStore, ensure_fleet, ensure_kv
 from shared.bus import guarded
@@ -99,8 +99,12 @@ class Prober:
             failure_threshold=settings.failure_threshold,
             success_threshold=settings.success_threshold,
             instance=settings.instance,
+            interval=settings.interval,
+            started=self.clock.wall(),
         )
         self.targets: dict[NodeId, Target] = {}
+        # inventory entries whose health_url we refuse to probe, with the reason (status shows it)
+        self.rejected: dict[NodeId, tuple[str, str]] = {}
         self.metrics_url: str | None = None
         self.ready = asyncio.Event()
         self._outbox: Outbox | None = None
@@ -166,15 +170,7 @@ class Prober:
         while not stop.is_set():
             try:
                 store = await ensure_fleet(js, self.subjects)
-                self._state, _ = await ensure_kv(
-                    js,
-                    KeyValueConfig(
-                        bucket=self.subjects.state_bucket("prober"),
-                        history=1,
-                        storage=StorageType.FILE,
-                    ),
-                )
-                assert self._state is not None
+                self._state = await self._ensure_state()
                 await restore_open_alerts(self._state, self.alerting, self._count_error)
                 self._outbox = Outbox(
                     js=js,
@@ -182,6 +178,10 @@ class Prober:
                     metrics=self.metrics,
                     describe=self._describe,
                     before_publish=self._send_results,
+                    nc=self.nc,
+                    repair_state=self._ensure_state,
+                    repair_stream=self._ensure_stream,
+                    on_error=self._count_error,
                 )
                 return store
             except Exception as e:
@@ -194,6 +194,28 @@ class Prober:
                     async with asyncio.timeout(min(0.2 * attempt, 2.0)):
                         await stop.wait()
         return None
+
+    async def _ensure_state(self) -> KeyValue:
+        """Open (or create again, when deleted) the bucket of open alerts."""
+        state, _ = await ensure_kv(
+            self._js_or_fail(),
+            KeyValueConfig(
+                bucket=self.subjects.state_bucket("prober"),
+                history=1,
+                storage=StorageType.FILE,
+            ),
+        )
+        self._state = state
+        return state
+
+    async def _ensure_stream(self) -> None:
+        """Create the alert stream again after it was deleted."""
+        await ensure_fleet(self._js_or_fail(), self.subjects)
+
+    def _js_or_fail(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("prober JetStream not started")
+        return self._js
 
     async def _serve_http(self) -> web.AppRunner:
         from shared.metrics import bound_port, metrics_app, serve_http
@@ -219,12 +241,30 @@ class Prober:
         if current is not None and current.from_flag:
             return  # an explicit --target wins over the inventory
         if entry is None or not entry.health_url:
+            self.rejected.pop(node, None)
             if current is not None:
                 self._remove(node)
             return
+        try:
+            check_url(entry.health_url)
+        except ValueError as e:
+            self._reject(node, entry.health_url, str(e))
+            if current is not None:
+                self._remove(node)
+            return
+        if self.rejected.pop(node, None) is not None:
+            log.info("target %s: health_url accepted again", node)
         self._upsert(
             node, entry.health_url, from_flag=False, maintenance_until=entry.maintenance_until
         )
+
+    def _reject(self, node: NodeId, url: str, reason: str) -> None:
+        """Refuse an inventory URL; counted and logged once per distinct URL, never probed."""
+        if self.rejected.get(node) == (url, reason):
+            return  # the periodic re-read sees it again: already counted
+        self.rejected[node] = (url, reason)
+        self._count_error("bad_health_url")
+        log.warning("target %s rejected, not probed: %s", node, reason)
 
     def _upsert(
         self, node: NodeId, url: str, *, from_flag: bool, maintenance_until: float | None = None
@@ -438,6 +478,10 @@ class Prober:
             "blind": self.alerting.blind,
             "metrics_url": self.metrics_url,
             "targets": rows,
+            "rejected": [
+                {"site": n.site, "node": n.node, "url": url[:2048], "reason": reason}
+                for n, (url, reason) in sorted(self.rejected.items())
+            ],
         }
 
     async def _on_status(self, msg: Msg) -> None:

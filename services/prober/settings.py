@@ -21,10 +21,20 @@ def parse_target(text: str) -> tuple[NodeId, str]:
     return node, check_url(url.strip())
 
 
+_HTTP_URL = re.compile(r"^https?://[^/?#@\s]*@?[^/?#\s]+(?:[/?#]\S*)?$", re.IGNORECASE)
+
+
 def check_url(url: str) -> str:
-    """Accept only absolute http(s) URLs."""
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ValueError(f"health URL {url!r} must be an absolute http:// or https:// URL")
+    """Accept only absolute http(s) URLs with a host and no whitespace; ValueError saying why."""
+    shown = url[:200]
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        scheme = url.partition(":")[0] if ":" in url else ""
+        why = f"scheme {scheme[:20]!r} is not http or https" if scheme else "it has no scheme"
+        raise ValueError(f"health URL {shown!r} must be an absolute http(s) URL ({why})")
+    if any(c.isspace() for c in url):
+        raise ValueError(f"health URL {shown!r} contains whitespace")
+    if not _HTTP_URL.match(url):
+        raise ValueError(f"health URL {shown!r} has no host")
     return url
 
 
@@ -63,6 +73,13 @@ class ProberSettings(ServiceSettings):
     def _interval(cls, value: float) -> float:
         if value < 0.05:
             raise ValueError("must be at least 50ms")
+        return value
+
+    @field_validator("max_age", "resync")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
         return value
 
     @field_validator("timeout")

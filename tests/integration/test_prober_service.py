@@ -124,7 +124,7 @@ async def test_service_publishes_each_case_verdict(
                     timeout=10,
                     what="a result per case",
                 )
-            got = {}
+            got: dict[str, str] = {}
             for r in results(col):
                 got.setdefault(f"{r.site}/{r.node}", r.verdict)
             assert got == want

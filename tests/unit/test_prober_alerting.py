@@ -54,7 +54,8 @@ def test_fire_and_resolve_table(verdicts: list[Verdict], want: list[str]) -> Non
 def test_resolve_carries_the_firing_id_and_since() -> None:
     """The resolve has the id and start of the episode it closes."""
     al = with_healthy_peer()
-    fired, resolved = feed(al, A, ["timeout"] * 3 + ["fresh"] * 2, t0=50.0)
+    steps: list[Verdict] = ["timeout", "timeout", "timeout", "fresh", "fresh"]
+    fired, resolved = feed(al, A, steps, t0=50.0)
     assert fired.since == 50.0 and fired.alert_id == resolved.alert_id
     assert resolved.since == 50.0
 
@@ -63,7 +64,8 @@ def test_restored_alert_does_not_fire_again_and_resolves_once() -> None:
     """An alert reloaded after a restart stays open through failures and resolves once."""
     al = with_healthy_peer()
     al.restore(A, OpenAlert("probe.s.a.1", 1.0, "timeout", "x"))
-    assert feed(al, A, ["timeout"] * 5 + ["stale"]) == []
+    failing: list[Verdict] = ["timeout"] * 5
+    assert feed(al, A, [*failing, "stale"]) == []
     (res,) = feed(al, A, ["fresh", "fresh", "fresh"])
     assert (res.state, res.alert_id) == ("resolved", "probe.s.a.1")
 
@@ -88,9 +90,11 @@ def test_blind_when_every_target_fails() -> None:
     assert al.blind
     out = al.observe(A, "fresh", "", now=10.0)
     assert [(t.state, t.node) for t in out] == [("resolved", None)]
-    # B has failed five times: its next failure pages now that we can see
-    (page,) = al.observe(B, "timeout", "t", now=11.0)
-    assert (page.state, page.node) == ("firing", B)
+    # B failed five times while blind: those do not count, it needs three new ones
+    assert al.observe(B, "timeout", "t", now=11.0) == []
+    assert al.observe(B, "timeout", "t", now=12.0) == []
+    (page,) = al.observe(B, "timeout", "t", now=13.0)
+    assert (page.state, page.node, page.since) == ("firing", B, 11.0)
 
 
 def test_single_target_is_never_blind() -> None:
@@ -136,8 +140,10 @@ def test_blind_matches_its_definition(steps: list[tuple[NodeId, str]]) -> None:
         last = [s.last_verdict for s in al.targets.values() if s.last_verdict is not None]
         if "fresh" in last:
             assert not al.blind
-        elif len(last) >= 2:
+        elif len(last) >= 3:
             assert al.blind
+        elif not al.blind:
+            assert len(last) < 3  # two failing targets are not enough to call ourselves blind
 
 
 def test_maintenance_pages_nothing_until_it_ends() -> None:
@@ -192,3 +198,100 @@ def test_alert_messages_for_node_and_self() -> None:
         None,
         "recovered",
     )
+
+
+def blind_abc(al: Alerting, *, t0: float = 0.0) -> None:
+    """Drive A, B and C into blindness (two rounds of timeouts)."""
+    for i in range(2):
+        for n in (A, B, C):
+            al.observe(n, "timeout", "t", now=t0 + i)
+    assert al.blind
+
+
+@pytest.mark.parametrize("rounds_before", [0, 1])
+def test_no_false_page_after_sight_returns(rounds_before: int) -> None:
+    """Streaks reset when blindness starts and ends: a node needs a full threshold of new
+    failures after sight returns, however long the outage (defect: paged on the first one)."""
+    al = Alerting(failure_threshold=3)
+    for i in range(rounds_before):  # B already failing a little before the outage
+        al.observe(B, "timeout", "t", now=float(i))
+        al.observe(A, "fresh", "", now=float(i))
+    blind_abc(al, t0=10.0)
+    for i in range(20):  # a long outage: blind, no streak grows
+        for n in (A, B, C):
+            assert al.observe(n, "timeout", "t", now=20.0 + i) == []
+        assert all(s.failing == 0 for s in al.targets.values())
+    assert [t.state for t in al.observe(A, "fresh", "", now=50.0)] == ["resolved"]
+    out: list[Transition] = []
+    for i in range(2):  # agents still 503 for a cycle or two: no page
+        out += al.observe(B, "unhealthy", "503", now=51.0 + i)
+        out += al.observe(C, "timeout", "t", now=51.0 + i)
+    assert out == []
+    (page,) = al.observe(B, "unhealthy", "503", now=60.0)
+    assert (page.node, page.since) == (B, 51.0)
+
+
+def test_lie_after_sight_returns_needs_the_threshold_until_fresh() -> None:
+    """After blindness a stale body counts like any failure until the node answers fresh once;
+    after that a lie pages at once again."""
+    al = Alerting(failure_threshold=3)
+    blind_abc(al)
+    al.observe(A, "fresh", "", now=5.0)
+    assert al.observe(B, "stale", "old", now=6.0) == []
+    assert al.observe(B, "stale", "old", now=7.0) == []
+    assert [t.node for t in al.observe(B, "stale", "old", now=8.0)] == [B]
+    al.observe(C, "fresh", "", now=9.0)
+    assert [t.node for t in al.observe(C, "stale", "old", now=10.0)] == [C]
+
+
+def test_two_failing_targets_are_not_blind() -> None:
+    """Fewer than three failing targets page as nodes: two cannot tell us from them."""
+    al = Alerting()
+    out: list[Transition] = []
+    for i in range(3):
+        out += al.observe(A, "timeout", "t", now=float(i))
+        out += al.observe(B, "timeout", "t", now=float(i))
+    assert not al.blind
+    assert sorted(str(t.node) for t in out) == ["s/a", "s/b"]
+
+
+def test_no_blind_page_in_the_first_interval_after_start() -> None:
+    """At start only a few of many targets have answered: no blind verdict within one
+    interval, nor before every target answered (defect: 'all 2 targets failing' at restart)."""
+    nodes = [NodeId("s", f"n{i}") for i in range(33)]
+    al = Alerting(interval=30.0, started=1000.0)
+    for n in nodes:
+        al.add(n)
+    for i, n in enumerate(nodes[:3]):
+        assert al.observe(n, "timeout", "t", now=1000.0 + i) == []
+    assert not al.blind
+    # a whole interval later, still only 3 of 33 answered: the round is incomplete
+    assert al.observe(nodes[0], "timeout", "t", now=1031.0) == []
+    assert not al.blind
+    # every target has answered, all failing: now it is blindness
+    out: list[Transition] = []
+    for n in nodes[3:]:
+        out += al.observe(n, "timeout", "t", now=1040.0)
+    assert [(t.state, t.node) for t in out] == [("firing", None)]
+    assert "all 33 targets" in out[0].reason
+
+
+def test_blind_judged_after_two_intervals_even_with_an_unanswered_target() -> None:
+    """A target that never answers cannot postpone the blind verdict past two intervals."""
+    al = Alerting(interval=10.0, started=0.0)
+    al.add(NodeId("s", "late"))
+    for n in (A, B, C):
+        al.observe(n, "timeout", "t", now=15.0)
+    assert not al.blind
+    (tr,) = al.observe(A, "timeout", "t", now=21.0)
+    assert (tr.state, tr.node) == ("firing", None)
+
+
+def test_lie_in_the_first_interval_counts_but_does_not_page_at_once() -> None:
+    """Before the first interval is over (blindness not judgeable yet) a lie needs the threshold;
+    after it, a lie pages at once."""
+    al = Alerting(interval=10.0, started=0.0)
+    al.observe(B, "fresh", "", now=1.0)
+    assert al.observe(A, "stale", "old", now=1.0) == []
+    (tr,) = al.observe(C, "stale", "old", now=11.0)
+    assert tr.node == C

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.prober.settings import ProberSettings, parse_target
+from services.prober.settings import ProberSettings, check_url, parse_target
 from shared.identity import NodeId
 from shared.settings import default_instance, load_settings
 
@@ -56,6 +56,15 @@ def test_fast_demo_timings_and_targets() -> None:
         (["--failure-threshold", "0"], "--failure-threshold"),
         (["--instance", "a b"], "--instance"),
         (["--timeout", "soon"], "--timeout"),
+        (["--max-age", "0"], "--max-age"),  # would call every node stale
+        (["--max-age", "0s"], "greater than 0"),
+        (["--resync", "0"], "--resync"),
+        (["--interval", "0"], "--interval"),
+        (["--timeout", "0"], "--timeout"),
+        (["--future-tolerance", "-1"], "--future-tolerance"),
+        (["--target", "dc1/n1=file:///etc/passwd"], "scheme 'file'"),
+        (["--target", "dc1/n1=http://127.0.0.1/a b"], "whitespace"),
+        (["--target", "dc1/n1=http:///x"], "no host"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(
@@ -85,3 +94,30 @@ def test_parse_target() -> None:
     """SITE/NODE=URL splits at the first '='; the URL may contain '='."""
     node, url = parse_target("a/b=http://127.0.0.1:1/h?x=1")
     assert node == NodeId("a", "b") and url == "http://127.0.0.1:1/h?x=1"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("file:///etc/passwd", "scheme 'file'"),
+        ("gopher://h/", "scheme 'gopher'"),
+        ("127.0.0.1:8080/healthz", "scheme '127.0.0.1'"),
+        ("/healthz", "no scheme"),
+        ("http://127.0.0.1:1/health z", "whitespace"),
+        ("http://127.0.0.1:1/health\tz", "whitespace"),
+        ("http://", "no host"),
+    ],
+)
+def test_check_url_rejects_with_a_reason(url: str, needle: str) -> None:
+    """Non-http(s) schemes, whitespace and missing hosts are refused with a reason."""
+    with pytest.raises(ValueError, match=needle):
+        check_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9100/healthz", "HTTPS://example.test", "http://[::1]:80/x?a=1#f"],
+)
+def test_check_url_accepts_http_urls(url: str) -> None:
+    """Ordinary http(s) URLs pass unchanged."""
+    assert check_url(url) == url
