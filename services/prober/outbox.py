@@ -213,16 +213,31 @@ class Outbox:
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str], tr: Transition
     ) -> None:
-        """JetStream publish; with no stream, a core publish now and a stored one after repair."""
+        """JetStream publish; a missing stream is counted, recreated and the alert stored again.
+
+        A JetStream publish is itself a core message on the alert subject, so subscribers have the
+        alert even when no stream stores it: with no stream and no subscriber the server answers
+        "no responders" at once; with subscribers the publish times out, and we ask whether the
+        stream exists before treating it as an outage (which is retried with the same id).
+        """
+        seen = True  # did core subscribers get the message with the JetStream publish?
         try:
             await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT, headers=headers)
             return
         except NoStreamResponseError:
-            if self.nc is None:
+            seen = False
+        except TimeoutError:
+            if not await self._stream_missing(subject):
                 raise
-            self.on_error("alert_stream_missing")
-            log.error("alert %s %s: no alert stream; published on core", tr.alert_id, tr.state)
-        await self.nc.publish(subject, payload, headers=headers)
+        self.on_error("alert_stream_missing")
+        log.error(
+            "alert %s %s: no alert stream stored it (subscribers had it); recreating the stream",
+            tr.alert_id,
+            tr.state,
+        )
+        if self.nc is not None and not seen:
+            # "no responders" said nobody listened just then; one plain publish costs nothing
+            await self.nc.publish(subject, payload, headers=headers)
         if self.repair_stream is None:
             return
         try:
@@ -233,6 +248,16 @@ class Outbox:
         except Exception as e:
             self.on_error("alert_stream_repair")
             log.error("alert stream not recreated (%s: %s)", type(e).__name__, e)
+
+    async def _stream_missing(self, subject: str) -> bool:
+        """True only when the broker answers that no stream takes ``subject``."""
+        try:
+            await self.js.find_stream_name_by_subject(subject)
+        except NotFoundError:
+            return True
+        except Exception:
+            return False  # no answer at all: an outage, not a missing stream
+        return False
 
     async def _persist(self, key: str, tr: Transition) -> None:
         if tr.state == "firing":
