@@ -31,8 +31,8 @@ def check_url(url: str) -> str:
         scheme = url.partition(":")[0] if ":" in url else ""
         why = f"scheme {scheme[:20]!r} is not http or https" if scheme else "it has no scheme"
         raise ValueError(f"health URL {shown!r} must be an absolute http(s) URL ({why})")
-    if any(c.isspace() for c in url):
-        raise ValueError(f"health URL {shown!r} contains whitespace")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError(f"health URL {shown!r} contains whitespace or control characters")
     if not _HTTP_URL.match(url):
         raise ValueError(f"health URL {shown!r} has no host")
     return url

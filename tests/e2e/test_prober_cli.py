@@ -57,6 +57,14 @@ def test_timeout_not_shorter_than_interval_is_refused() -> None:
     assert "--timeout" in out.stderr and "shorter than --interval" in out.stderr
 
 
+def test_zero_max_age_is_refused() -> None:
+    """--max-age 0 (every node stale) stops start-up with exit 2 and one line naming it."""
+    out = run_cli("prober", "--max-age", "0")
+    assert out.returncode == 2
+    assert "--max-age" in out.stderr and "greater than 0" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 async def test_cli_probes_serves_metrics_and_stops_on_sigterm(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str, tmp_path: Path
 ) -> None:

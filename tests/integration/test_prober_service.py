@@ -324,6 +324,29 @@ async def test_bad_inventory_url_is_rejected_with_its_reason_and_never_probed(
             assert [r["node"] for r in p.status()["rejected"]] == ["sp"]
 
 
+async def test_page_with_no_stream_and_no_subscriber_recreates_the_stream(
+    nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
+) -> None:
+    """Alert stream deleted and nobody subscribed ("no responders"): counted, the stream is
+    recreated and the page stored in it with its id, no retry loop."""
+    sw = Switch("fresh")
+    async with endpoints({"n": sw.behaviour()}) as eps:
+        res = await Collector.on(nc, subjects.probe_all)
+        js = nc.jetstream()
+        async with running(settings(nats_server.url, prefix, {"s/n": eps["n"].url}, **FAST)) as p:
+            await wait_for(lambda: any(r.ok for r in results(res)), timeout=5)
+            await js.delete_stream(subjects.alerts_stream)
+            sw.mode = "503"
+            missing = p.metrics.errors.labels("alert_stream_missing")
+            await wait_for(lambda: missing._value.get() == 1, timeout=5, what="counted")
+            await wait_for(lambda: p._outbox is not None and p._outbox.pending == 0, timeout=5)
+            msg = await js.get_last_msg(
+                subjects.alerts_stream, subjects.alert_probe(NodeId("s", "n"))
+            )
+            assert msg.data is not None and decode(Alert, msg.data).state == "firing"
+            assert p.metrics.publish_retries.labels("nostreamresponseerror")._value.get() == 0
+
+
 async def test_deleted_state_bucket_and_stream_do_not_block_pages(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
 ) -> None:

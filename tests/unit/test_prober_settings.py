@@ -106,6 +106,7 @@ def test_parse_target() -> None:
         ("http://127.0.0.1:1/health z", "whitespace"),
         ("http://127.0.0.1:1/health\tz", "whitespace"),
         ("http://", "no host"),
+        ("http://127.0.0.1:1/a\x00b", "control"),
     ],
 )
 def test_check_url_rejects_with_a_reason(url: str, needle: str) -> None:
