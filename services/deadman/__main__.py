@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
-from services.deadman.service import Deadman
+from services.deadman.service import Deadman, ListenError
 from services.deadman.settings import DeadmanSettings
 from shared.runtime import run, setup_logging, stop_on_signals
 from shared.settings import load_settings
+
+log = logging.getLogger("services.deadman")
 
 
 async def _serve(settings: DeadmanSettings) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
-    await Deadman(settings).run(stop)
+    try:
+        await Deadman(settings).run(stop)
+    except ListenError as e:
+        log.error("%s", e)
+        return 1
     return 0
 
 

@@ -70,11 +70,14 @@ class Record:
         "key",
         "last_seen",
         "maintenance",
+        "mhold",
         "pid",
         "registered",
         "rev",
+        "sched_at",
         "scheduled",
         "seq",
+        "seqmask",
         "token",
     )
 
@@ -83,14 +86,17 @@ class Record:
         self.registered = registered
         self.last_seen: float | None = None
         self.boot: str | None = None
-        self.seq = 0
+        self.seq = 0  # highest seq seen on this boot
+        self.seqmask = 1  # bit i: seq - i was seen (a small anti-replay window below seq)
         self.rev: int | None = None
         self.pid: int | None = None
         self.host: str | None = None
         self.hold = hold  # no page before this instant
         self.maintenance: float | None = None  # monotonic end of a maintenance window
+        self.mhold = 0.0  # no page before this instant because of maintenance (recomputed)
         self.episode: Episode | None = None
         self.scheduled = False
+        self.sched_at = 0.0  # time of the live heap entry (others for this key are stale)
         self.token = ""  # inventory token for never-seen ids (replicas agree on it)
         self.flap: list[float] | None = None  # recent state changes, only once it has any
 

@@ -14,7 +14,22 @@ from prometheus_client.registry import Collector
 
 from services.deadman.tracker import Tracker
 
-SKEW_BUCKETS = (-60.0, -10.0, -2.0, -0.5, -0.1, 0.1, 0.5, 2.0, 10.0, 60.0)
+SKEW_BUCKETS = (
+    -3600.0,
+    -300.0,
+    -60.0,
+    -10.0,
+    -2.0,
+    -0.5,
+    -0.1,
+    0.1,
+    0.5,
+    2.0,
+    10.0,
+    60.0,
+    300.0,
+    3600.0,
+)  # out to an hour: a skewed clock is still life, and how far off it is shows here
 
 
 class HotCounters:
@@ -63,6 +78,7 @@ class DeadmanMetrics:
     """Counters the service increments; the state gauges come from ``StateCollector``."""
 
     rejected: Counter
+    anomalies: Counter
     alerts: Counter
     publish_errors: Counter
     handler_errors: Counter
@@ -77,6 +93,12 @@ class DeadmanMetrics:
         return cls(
             rejected=Counter(
                 f"{p}_rejected", "Heartbeats rejected, by reason", ["reason"], registry=registry
+            ),
+            anomalies=Counter(
+                f"{p}_heartbeat_anomalies",
+                "Heartbeats accepted despite something odd (clock_skew, seq_regression)",
+                ["reason"],
+                registry=registry,
             ),
             alerts=Counter(
                 f"{p}_alerts",

@@ -25,7 +25,7 @@ from services.deadman.publisher import AlertPublisher, Outgoing
 from services.deadman.settings import DeadmanSettings
 from services.deadman.sight import Sight
 from services.deadman.store import StateStore
-from services.deadman.tracker import Judgement, Tracker, Transition
+from services.deadman.tracker import REPLAYED, Judgement, Tracker, Transition
 from services.deadman.views import STATUS_LIMIT, nodes_view, parse_request
 from shared.bootstrap import ensure_fleet, ensure_kv
 from shared.bus import backoff_delay, connect, guarded
@@ -42,10 +42,15 @@ log = logging.getLogger(__name__)
 
 SERVICE = "deadman"
 MAX_SKEW = 300.0
-"""A heartbeat whose sender clock is further than this from ours is not a sign of life: a
-far-future (or replayed, far-past) ``ts`` must not keep a node green."""
+"""A sender clock further than this from ours is counted as an anomaly (``clock_skew``); the
+heartbeat still counts: ``ts`` is informational only, life is judged by our receive time."""
 URGENT_SAVE = 0.05
+TICK = 0.1  # the timer's longest sleep (how soon blindness and its end are noticed)
 YIELD_EVERY = 64
+
+
+class ListenError(OSError):
+    """The metrics/health endpoint could not listen (port taken, bad address)."""
 
 
 class Deadman:
@@ -206,9 +211,19 @@ class Deadman:
         view = InventoryView(
             fleet.nodes, on_change=self._on_inventory, resync_every=s.inventory_resync
         )
-        runner = await serve_http(
-            metrics_app(self.registry, self._healthz), host=s.metrics_host, port=s.metrics_port
-        )
+        try:
+            runner = await serve_http(
+                metrics_app(self.registry, self._healthz), host=s.metrics_host, port=s.metrics_port
+            )
+        except OSError as e:
+            for sub in subs:
+                await sub.unsubscribe()
+            if self._own_nc:
+                await nc.close()
+            raise ListenError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {e.strerror or e} "
+                "(choose another --metrics-port, or 0 for a free one)"
+            ) from None
         self.metrics_url = f"http://{s.metrics_host}:{bound_port(runner)}"
         log.info(
             "deadman %s: metrics on %s/metrics; window %.3gs pending %.3gs grace %.3gs; "
@@ -274,18 +289,21 @@ class Deadman:
             self.metrics.rejected.labels("wrong_subject").inc()
             return
         skew = hb.ts - (now + self._wall_offset)
-        if not -MAX_SKEW <= skew <= MAX_SKEW:
-            self.metrics.rejected.labels("future_ts" if skew > 0 else "stale_ts").inc()
-            return
         rec = tracker.nodes.get(key)
         if rec is None:
             if tracker.unregistered >= self.settings.max_unregistered:
                 # a flood of made-up node names must not exhaust memory
                 self.metrics.rejected.labels("too_many_unregistered").inc()
                 return
-        elif rec.boot == hb.boot and hb.seq <= rec.seq:
-            self.metrics.rejected.labels("replayed").inc()
-            return
+        else:
+            odd = tracker.admit(rec, hb.boot, hb.seq)
+            if odd is not None:
+                if odd == REPLAYED:
+                    self.metrics.rejected.labels(odd).inc()
+                    return
+                self.metrics.anomalies.labels(odd).inc()
+        if not -MAX_SKEW <= skew <= MAX_SKEW:
+            self.metrics.anomalies.labels("clock_skew").inc()
         hot = self.hot
         hot.observe_skew(skew)
         hot.heartbeats += 1
@@ -335,8 +353,8 @@ class Deadman:
             except Exception as e:  # a bug here must not stop the judging of everyone else
                 self._handler_error(type(e).__name__.lower())
                 log.exception("timer step failed")
-            nd = tracker.next_deadline()
-            delay = 0.1 if nd is None else min(0.1, max(0.0, nd - now) + 0.001)
+            nd = tracker.next_deadline()  # None while blind: no spinning on past-due entries
+            delay = TICK if nd is None else min(TICK, max(0.0, nd - now) + 0.001)
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

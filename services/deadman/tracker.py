@@ -5,10 +5,12 @@ transitions it caused. A node pages once ``now > due`` where, for a node seen at
 ``due = last_seen + window + pending`` (never earlier than any hold: the start-up grace, the end
 of a blind stretch or of a maintenance window plus a full window).
 
-Deadlines live in a lazy min-heap holding at most one entry per node: a heartbeat only moves
-``last_seen`` (O(1), the hot path); when an entry pops, the node's real deadline is recomputed and
-the entry is pushed again if the node has heartbeated since (O(log n)). No tick ever scans every
-node.
+Deadlines live in a lazy min-heap with one live entry per node (``rec.sched_at``; any other entry
+for the key is stale and skipped): a heartbeat only moves ``last_seen`` (O(1), the hot path); when
+an entry pops, the node's real deadline is recomputed and the entry is pushed again if the node has
+heartbeated since (O(log n)). Whatever can move a deadline *earlier* (a resolve dropping its
+re-notify time, a maintenance window ended or shortened) pushes a fresh entry. No tick ever scans
+every node.
 
 Beyond one node (issue 4): when enough of one site's nodes went quiet within about one window,
 one site alert fires and that site's node alerts go out as warnings; when every site did, the
@@ -37,6 +39,11 @@ from shared.models import Severity
 __all__ = ["Episode", "Judgement", "Record", "SiteEpisode", "Tracker", "Transition"]
 
 HEARTBEAT = "heartbeat"
+HEAP_SLACK = 64  # superseded heap entries tolerated beyond two per node before compacting
+REPLAY_WINDOW = 64  # seqs below the highest one that are still checked for exact duplicates
+_MASK = (1 << REPLAY_WINDOW) - 1
+REPLAYED = "replayed"
+SEQ_REGRESSION = "seq_regression"
 RETIRED_MAX = 10_000
 REMOVED = "removed"
 
@@ -93,9 +100,7 @@ class Tracker:
             rec = self._add(Record(key, registered=False, hold=0.0))
         prev = rec.last_seen
         rec.last_seen = now
-        if rec.boot != boot:
-            rec.boot = boot
-        rec.seq = seq
+        self._track_seq(rec, boot, seq)
         rec.rev = rev
         rec.pid = pid
         rec.host = host
@@ -113,9 +118,41 @@ class Tracker:
                     closed = self._close(rec, now, HEARTBEAT)
             else:
                 closed = self._close(rec, now, HEARTBEAT)
-        if not rec.scheduled:
+        if closed is not None:
+            self._reschedule(rec)  # the re-notify deadline is gone: silence counts from now
+        elif not rec.scheduled:
             self._schedule(rec, self._due(rec))
         return closed
+
+    # ---- replays ------------------------------------------------------------------------
+    @staticmethod
+    def admit(rec: Record, boot: str, seq: int) -> str | None:
+        """Judge a heartbeat's (boot, seq) against what ``rec`` saw, without changing it.
+
+        ``"replayed"`` (reject) only for an exact duplicate of a recently seen seq of the same
+        boot; ``"seq_regression"`` (accept, count it) for a seq far below the highest seen, which
+        is how a forged huge seq or an agent that lost its counter shows: one outlier must never
+        make the real heartbeats that follow look like replays. None: nothing odd.
+        """
+        if rec.boot != boot or seq > rec.seq:
+            return None
+        back = rec.seq - seq
+        if back < REPLAY_WINDOW:
+            return REPLAYED if (rec.seqmask >> back) & 1 else None
+        return SEQ_REGRESSION
+
+    @staticmethod
+    def _track_seq(rec: Record, boot: str, seq: int) -> None:
+        if rec.boot != boot:
+            rec.boot, rec.seq, rec.seqmask = boot, seq, 1
+        elif seq > rec.seq:
+            shift = seq - rec.seq
+            rec.seqmask = ((rec.seqmask << shift) | 1) & _MASK if shift < REPLAY_WINDOW else 1
+            rec.seq = seq
+        elif rec.seq - seq < REPLAY_WINDOW:
+            rec.seqmask |= 1 << (rec.seq - seq)  # arrived out of order
+        else:  # a regression: follow the new counter (the old highest was an outlier)
+            rec.seq, rec.seqmask = seq, 1
 
     # ---- time ---------------------------------------------------------------------------
     def advance(self, now: float) -> list[Transition]:
@@ -126,17 +163,14 @@ class Tracker:
             return out
         heap = self._heap
         while heap and heap[0][0] < now:
-            _, key = heapq.heappop(heap)
+            at, key = heapq.heappop(heap)
             rec = self.nodes.get(key)
-            if rec is None:
-                continue  # removed since it was scheduled
+            if rec is None or not rec.scheduled or at != rec.sched_at:
+                continue  # removed since, or superseded by an earlier entry
             rec.scheduled = False
             due = self._due(rec)
             if due >= now:
                 self._schedule(rec, due)
-                continue
-            if rec.maintenance is not None and now < rec.maintenance:
-                self._schedule(rec, rec.maintenance + self.limit)
                 continue
             self._fire(rec, now, out)
             if self.suspect is not None:
@@ -149,10 +183,16 @@ class Tracker:
     def due_before(self, now: float) -> bool:
         """Cheap check for the hot path: might ``advance(now)`` have work?"""
         heap = self._heap
-        return bool(heap) and heap[0][0] < now and not self.blind
+        return bool(heap) and heap[0][0] < now and not self.blind and self.suspect is None
 
     def next_deadline(self) -> float | None:
-        """When ``advance`` next has something to do (may be early: entries are lazy)."""
+        """When ``advance`` next has something to do (may be early: entries are lazy).
+
+        None while blind or suspecting itself: nothing pages then, so past-due entries must not
+        make the caller spin; the caller wakes on a heartbeat or its own cadence instead.
+        """
+        if self.blind or self.suspect is not None:
+            return None
         return self._heap[0][0] if self._heap else None
 
     def _due(self, rec: Record) -> float:
@@ -163,13 +203,27 @@ class Tracker:
             base = rec.hold
         else:
             base = rec.last_seen + self.limit
-        return max(base, rec.hold, self.hold_all)
+        return max(base, rec.hold, rec.mhold, self.hold_all)
 
     def _schedule(self, rec: Record, at: float) -> None:
         if at == float("inf"):
             return
         rec.scheduled = True
-        heapq.heappush(self._heap, (at, rec.key))
+        rec.sched_at = at
+        heap = self._heap
+        heapq.heappush(heap, (at, rec.key))
+        if len(heap) > 2 * len(self.nodes) + HEAP_SLACK:
+            # too many superseded entries: keep the live ones (in place: advance holds the list)
+            heap[:] = [(r.sched_at, r.key) for r in self.nodes.values() if r.scheduled]
+            heapq.heapify(heap)
+
+    def _reschedule(self, rec: Record) -> None:
+        """After a change that may move the deadline earlier: the live entry is the right one."""
+        due = self._due(rec)
+        if not rec.scheduled or due < rec.sched_at:
+            self._schedule(rec, due)  # the old entry, if any, is now stale
+        elif due == float("inf"):
+            rec.scheduled = False
 
     def _fire(self, rec: Record, now: float, out: list[Transition]) -> None:
         ep = rec.episode
@@ -401,17 +455,20 @@ class Tracker:
         self.set_maintenance(rec, maintenance, now)
 
     def set_maintenance(self, rec: Record, until: float | None, now: float) -> None:
-        """Start, extend or end a maintenance window (monotonic end)."""
+        """Start, extend, shorten or end a maintenance window (monotonic end).
+
+        The maintenance hold is recomputed from the current end, never kept from an older one:
+        after the end the node gets one full window (+ pending) and then may page.
+        """
         if until is not None and until <= now:
             until = None
-        if rec.maintenance is not None and until is None and rec.maintenance > now:
-            # ended early: a full window from now before it may page
-            rec.hold = max(rec.hold, now + self.limit)
-        elif until is not None:
-            rec.hold = max(rec.hold, until + self.limit)
+        if until is not None:
+            rec.mhold = until + self.limit
+        elif rec.maintenance is not None and rec.maintenance > now:
+            rec.mhold = now + self.limit  # ended early: it ends now
+        # else: no window, or one that already ran out (its hold stays as it was)
         rec.maintenance = until
-        if not rec.scheduled:
-            self._schedule(rec, self._due(rec))
+        self._reschedule(rec)
 
     def unregister(self, key: str, now: float) -> Transition | None:
         """Removed from the inventory: stop watching; an open alert closes as ``removed``."""
@@ -481,8 +538,7 @@ class Tracker:
             self.open.discard(rec.key)
         else:
             self.open.add(rec.key)
-        if not rec.scheduled:
-            self._schedule(rec, self._due(rec))
+        self._reschedule(rec)
 
     # ---- views --------------------------------------------------------------------------
     def state(self, rec: Record, now: float) -> NodeState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from shared.server import EmbeddedServer
 from shared.subjects import Subjects
-from tests.harness import Collector, spawn_cli, wait_for
+from tests.harness import Collector, run_cli, spawn_cli, wait_for
 from tests.integration.test_deadman_support import Beater, alerts
 
 
@@ -120,3 +121,26 @@ async def test_kill_9_then_restart_keeps_the_contract(
     ]
     selfs = [a for _, a in alerts(col) if a.kind == "self"]
     assert len(selfs) == 1 and "restarted after a gap" in selfs[0].reason
+
+
+async def test_taken_metrics_port_exits_1_with_one_line(
+    nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    """A metrics port already in use stops the deadman with status 1 and one line, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = await asyncio.to_thread(
+            run_cli,
+            "deadman",
+            "--nats",
+            nats_server.url,
+            "--prefix",
+            prefix,
+            "--metrics-port",
+            str(port),
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr

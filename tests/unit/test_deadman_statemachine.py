@@ -14,7 +14,8 @@ KEYS = [f"dc{s}.n{i}" for s in range(2) for i in range(4)]
 
 
 class TrackerMachine(RuleBasedStateMachine):
-    """Every firing has at most one resolve; no page while blind or in maintenance."""
+    """Every firing has at most one resolve; no page while blind or in maintenance; and a node
+    silent for window+pending past every hold (maintenance end, blindness, start-up) is firing."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,6 +33,8 @@ class TrackerMachine(RuleBasedStateMachine):
         self.resolved: set[str] = set()
         self.blind_until_hold = 0.0
         self.maint: dict[str, float] = {}
+        self.maint_end: dict[str, float] = {}  # when the node's last maintenance really ended
+        self.judged = self.now  # when advance last ran
 
     def _take(self, out: list[Transition]) -> None:
         for tr in out:
@@ -61,11 +64,13 @@ class TrackerMachine(RuleBasedStateMachine):
         self.last_seen[key] = self.now
         self._take([r] if r else [])
         self._take(self.t.advance(self.now))
+        self.judged = self.now
 
     @rule(dt=st.floats(min_value=0.001, max_value=2.0))
     def tick(self, dt: float) -> None:
         self.now += dt
         self._take(self.t.advance(self.now))
+        self.judged = self.now
 
     @rule(key=st.sampled_from(KEYS))
     def register(self, key: str) -> None:
@@ -79,6 +84,7 @@ class TrackerMachine(RuleBasedStateMachine):
         self._take([r] if r else [])
         self.last_seen.pop(key, None)
         self.maint.pop(key, None)
+        self.maint_end.pop(key, None)
 
     @rule(key=st.sampled_from(KEYS), length=st.floats(min_value=0.1, max_value=3.0))
     def maintain(self, key: str, length: float) -> None:
@@ -86,6 +92,17 @@ class TrackerMachine(RuleBasedStateMachine):
         if rec is not None:
             self.t.set_maintenance(rec, self.now + length, self.now)
             self.maint[key] = self.now + length
+            self.maint_end[key] = self.now + length
+
+    @rule(key=st.sampled_from(KEYS))
+    def end_maintenance(self, key: str) -> None:
+        rec = self.t.nodes.get(key)
+        if rec is not None:
+            self.t.set_maintenance(rec, None, self.now)
+            m = self.maint.get(key)
+            if m is not None and m > self.now:  # ended early: it ends now
+                self.maint[key] = self.now
+                self.maint_end[key] = self.now
 
     @rule(blind=st.booleans())
     def blindness(self, blind: bool) -> None:
@@ -97,8 +114,21 @@ class TrackerMachine(RuleBasedStateMachine):
         assert in_tracker <= set(self.open)
 
     @invariant()
+    def long_silence_is_always_firing(self) -> None:
+        t = self.t
+        if self.judged != self.now or t.blind or t.suspect is not None:
+            return
+        for key, seen in self.last_seen.items():
+            rec = t.nodes.get(key)
+            if rec is None:
+                continue
+            due = max(seen + W + P, self.maint_end.get(key, 0.0) + W + P, t.hold_all)
+            if self.now > due:
+                assert rec.episode is not None, f"{key} silent since {seen} is not firing"
+
+    @invariant()
     def heap_is_bounded(self) -> None:
-        assert len(self.t._heap) <= 4 * len(KEYS) + 16
+        assert len(self.t._heap) <= 2 * len(KEYS) + 65
 
 
 TrackerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
