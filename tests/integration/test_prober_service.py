@@ -271,6 +271,85 @@ async def test_blind_prober_raises_one_self_alert_and_no_node_pages(
                 assert len(after) >= 3
 
 
+class Outage:
+    """Agents around a broker outage: fresh, then 503 while it lasts; after it the first agent
+    is back at once and the others, once it is, answer 503 one more time (their first cycle after
+    the outage) and then fresh."""
+
+    def __init__(self) -> None:
+        self.phase = "up"  # up | down | back
+        self.first_back = False
+        self.late: set[str] = set()  # agents that have served their one late 503
+
+    def behaviour(self, name: str, *, first: bool = False) -> Behaviour:
+        def make() -> bytes:
+            fresh = response(200, fresh_body())
+            if self.phase == "up":
+                return fresh
+            if self.phase == "back" and first:
+                self.first_back = True
+                return fresh
+            if self.phase == "back" and self.first_back:
+                if name in self.late:
+                    return fresh
+                self.late.add(name)
+            return response(503, fresh_body())
+
+        return answer(make)
+
+
+async def test_no_false_pages_after_a_broker_outage(
+    dedicated_server: EmbeddedServer, subjects: Subjects, prefix: str
+) -> None:
+    """Broker down, every agent 503: blind, no node pages; broker back, agents that still 503 for
+    a cycle do not page (the streaks built while blind do not count)."""
+    o = Outage()
+    behaviours = {"a": o.behaviour("a", first=True), "b": o.behaviour("b")}
+    behaviours["c"] = o.behaviour("c")
+    async with endpoints(behaviours) as eps:
+        targets = {f"s/{k}": e.url for k, e in eps.items()}
+        s = settings(dedicated_server.url, prefix, targets, **FAST)
+        async with running(s) as p:
+            await wait_for(
+                lambda: all(t.last is not None and t.last.ok for t in p.targets.values()),
+                timeout=5,
+            )
+            dedicated_server.stop()
+            o.phase = "down"
+            await wait_for(lambda: p.alerting.blind, timeout=5, what="blind while all 503")
+            for _ in range(2):  # two more failures each: past the threshold while blind
+                seen = {node: t.last for node, t in p.targets.items()}
+                await wait_for(
+                    lambda: all(t.last is not seen[n] for n, t in p.targets.items()),  # noqa: B023
+                    timeout=5,
+                )
+            dedicated_server.start()
+            o.phase = "back"
+            await wait_for(
+                lambda: (
+                    not p.alerting.blind
+                    and all(t.last is not None and t.last.ok for t in p.targets.values())
+                ),
+                timeout=10,
+                what="everyone fresh again",
+            )
+            conn = await connect(dedicated_server.url, name="check")
+            try:
+                js = conn.jetstream()
+
+                async def only_self() -> bool:
+                    info = await js.stream_info(subjects.alerts_stream)
+                    return bool(info.state.messages == 2 and p._outbox and p._outbox.pending == 0)
+
+                await wait_for(only_self, timeout=10, what="blind fired and resolved, stored")
+                for seq in (1, 2):
+                    msg = await js.get_msg(subjects.alerts_stream, seq)
+                    assert msg.data is not None and decode(Alert, msg.data).kind == "self"
+            finally:
+                await conn.close()
+            assert all(row["alert_id"] is None for row in p.status()["targets"])
+
+
 async def test_two_failing_targets_page_as_nodes_not_blind(
     nats_server: EmbeddedServer, nc: NATS, subjects: Subjects, prefix: str
 ) -> None:
