@@ -202,6 +202,15 @@ def render(snap: Snapshot, alerts: list[Alert], *, title: str = "fleetwatch") ->
         )
     if snap.prober is None:
         notes.append(Text("prober: no answer", style="yellow"))
+    else:
+        for r in snap.prober.get("rejected") or []:
+            notes.append(
+                Text(
+                    f"prober refuses {r.get('site')}/{r.get('node')}'s health URL "
+                    f"{r.get('url')!r}: {r.get('reason')}",
+                    style="yellow",
+                )
+            )
     green = sum(r.green for r in snap.rows)
     notes.append(Text(f"{green}/{len(snap.rows)} green", style="bold"))
     lines = [Text("latest alerts:", style="bold")]
