@@ -5,15 +5,23 @@ Each alert carries a ``Nats-Msg-Id`` derived from its id and transition, so a re
 timeout or a reconnect, or the same alert from a second replica, is stored once. Up to ``batch``
 publishes are in flight at a time, but never two for the same alert id, so a resolve can never
 overtake its firing. Nothing leaves the queue before the broker acknowledged it.
+
+Core subscribers see every publish, even one the stream drops as a duplicate, so after a kill -9
+the same page must not go out twice. Two measures: with ``persist_first`` a new alert waits until
+a state save that holds it (its episode and the queue) was attempted (``release``), or at most
+``max_hold`` seconds, so a restart either finds the episode and the queued alert or never
+published it; and an alert queued by a previous run is first looked up in the stream: if the
+stream already holds it (or a later transition of that alert), it is not sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -42,6 +50,7 @@ class Outgoing:
     alert_id: str
     kind: str
     state: str
+    serial: int = 0  # submit order in this run (0: from a previous run)
 
 
 class AlertPublisher:
@@ -55,6 +64,9 @@ class AlertPublisher:
         timeout: float = 2.0,
         on_published: Callable[[Outgoing, bool], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        stream: str | None = None,
+        persist_first: Callable[[], None] | None = None,
+        max_hold: float = 1.0,
     ) -> None:
         self.js = js
         self.batch = batch
@@ -64,24 +76,81 @@ class AlertPublisher:
         self.on_error = on_error
         self._wake = asyncio.Event()
         self.failures = 0
+        self.stream = stream  # where to look up alerts a previous run queued
+        self.persist_first = persist_first  # asks for a state save; None: publish at once
+        self.max_hold = max_hold
+        self.serial = 0  # the last serial handed out
+        self.released = 0  # items up to this serial may be published
+        self._held_since: float | None = None  # monotonic time the oldest held item waits from
+        self._verify: set[str] = set()  # msg ids of a previous run's queue, checked first
+
+    def release(self, upto: int) -> None:
+        """A state save holding every item up to serial ``upto`` was attempted: send them."""
+        if upto > self.released:
+            self.released = upto
+            self._held_since = None if upto >= self.serial else time.monotonic()
+            self._wake.set()
+
+    def _ready(self) -> bool:
+        """Whether the head of the queue may be published now (releasing a hold that is over)."""
+        if not self.queue:
+            return False
+        if self.queue[0].serial <= self.released:
+            return True
+        since = self._held_since
+        if since is not None and time.monotonic() - since >= self.max_hold:
+            log.warning("no state save within %.1fs; publishing anyway", self.max_hold)
+            self.release(self.serial)
+            return True
+        return False
 
     def submit(self, subject: str, alert: Alert) -> None:
         """Queue one alert for delivery."""
+        self.serial += 1
         self.queue.append(
-            Outgoing(subject, encode(alert), msg_id(alert), alert.id, alert.kind, alert.state)
+            Outgoing(
+                subject,
+                encode(alert),
+                msg_id(alert),
+                alert.id,
+                alert.kind,
+                alert.state,
+                self.serial,
+            )
         )
+        if self.persist_first is None:
+            self.released = self.serial
+        else:
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            self.persist_first()
         self._wake.set()
 
     def resubmit(self, items: list[Outgoing]) -> None:
-        """Queue already-encoded alerts (from a previous run) ahead of anything new."""
+        """Queue already-encoded alerts (from a previous run) ahead of anything new; each is
+        looked up in the stream first (the previous run may have sent it before it died)."""
+        items = [replace(o, serial=0) for o in items]  # saved before the save: never held
         self.queue.extendleft(reversed(items))
+        self._verify.update(o.msg_id for o in items)
         self._wake.set()
+
+    async def _stored(self, item: Outgoing) -> bool:
+        """Whether the stream already holds this transition or a later one of the same alert."""
+        if self.stream is None:
+            return False
+        try:
+            last = await self.js.get_last_msg(self.stream, item.subject)
+        except Exception as e:  # not found, or no answer: publishing again is the safe side
+            log.debug("lookup of %s: %s: %s", item.msg_id, type(e).__name__, e)
+            return False
+        mid = str((last.headers or {}).get("Nats-Msg-Id", ""))
+        return mid == item.msg_id or mid == f"{item.alert_id}:resolved"
 
     def _take(self) -> list[Outgoing]:
         taken: list[Outgoing] = []
         ids: set[str] = set()
         for item in self.queue:
-            if len(taken) >= self.batch or item.alert_id in ids:
+            if len(taken) >= self.batch or item.alert_id in ids or item.serial > self.released:
                 break
             taken.append(item)
             ids.add(item.alert_id)
@@ -92,6 +161,16 @@ class AlertPublisher:
         taken = self._take()
         if not taken:
             return False
+        if self._verify:
+            for item in taken:
+                if item.msg_id in self._verify:
+                    self._verify.discard(item.msg_id)
+                    if await self._stored(item):
+                        log.info("alert %s already in the stream; not sent again", item.msg_id)
+                        self.queue.remove(item)
+                        if self.on_published is not None:
+                            self.on_published(item, True)
+                        return True
         # pipelined: every publish goes out before any ack is awaited (no task per message)
         futures: list[asyncio.Future[Any] | Exception] = []
         for i, o in enumerate(taken):
@@ -145,12 +224,20 @@ class AlertPublisher:
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop``, then try briefly to drain what is left."""
         while not stop.is_set():
-            if not self.queue:
+            if not self._ready():
                 self._wake.clear()
                 stop_wait = asyncio.ensure_future(stop.wait())
                 wake_wait = asyncio.ensure_future(self._wake.wait())
+                held = self._held_since
+                timeout = (
+                    None if held is None else max(0.0, held + self.max_hold - time.monotonic())
+                )
                 try:
-                    await asyncio.wait({stop_wait, wake_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stop_wait, wake_wait},
+                        timeout=timeout,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 finally:
                     stop_wait.cancel()
                     wake_wait.cancel()
@@ -167,6 +254,7 @@ class AlertPublisher:
 
     async def drain(self, *, deadline: float) -> None:
         """Publish what is queued, giving up after ``deadline`` seconds."""
+        self.release(self.serial)  # shutting down: the final save follows
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         while self.queue and loop.time() < end:

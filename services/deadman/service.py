@@ -165,7 +165,11 @@ class Deadman:
             ),
         )
         self.publisher = AlertPublisher(
-            js, on_published=self._published, on_error=self._publish_error
+            js,
+            on_published=self._published,
+            on_error=self._publish_error,
+            stream=self.subjects.alerts_stream,
+            persist_first=self._save_soon.set,  # save the episode before its page goes out
         )
         publisher = self.publisher
         store = StateStore(kv, instance=s.instance, outbox=lambda: list(publisher.queue))
@@ -402,8 +406,9 @@ class Deadman:
         self.sight.on_canary(msg.data, self.clock.monotonic())
 
     async def _saver(self, store: StateStore, stop: asyncio.Event) -> None:
-        """Full saves every ``persist_every``; shortly after an alert transition, a small save of
-        the open episodes alone (so a kill -9 right after a page does not page again)."""
+        """Full saves every ``persist_every``; right after an alert is queued, a small save of the
+        open episodes and the queue, and only then is the alert released for publishing (so a
+        kill -9 right after a page neither loses it nor pages again)."""
         tracker = self.tracker
         assert tracker is not None
         loop = asyncio.get_running_loop()
@@ -419,6 +424,9 @@ class Deadman:
             self._save_soon.clear()
             if stop.is_set():
                 return
+            publisher = self.publisher
+            assert publisher is not None
+            mark = publisher.serial  # every alert queued so far is in this save's document
             try:
                 if urgent:
                     await store.save_episodes(
@@ -429,6 +437,8 @@ class Deadman:
                     await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
             except Exception as e:
                 log.warning("state save failed (%s: %s); will retry", type(e).__name__, e)
+            finally:
+                publisher.release(mark)  # attempted: paging never waits on a failing store
 
     # ---- inventory ----------------------------------------------------------------------
     async def _on_inventory(self, node: NodeId, entry: InventoryEntry | None) -> None:
