@@ -44,7 +44,8 @@ async def instances_ready(nc: NATS, subjects: Subjects, names: set[str]) -> None
     seen: set[str] = set()
 
     async def cb(msg: Msg) -> None:
-        seen.add(json.loads(msg.data)["instance"])
+        if msg.data:  # an empty reply is the broker's "no responders" status
+            seen.add(json.loads(msg.data)["instance"])
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=cb)
