@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -67,6 +67,8 @@ class AlertPublisher:
         stream: str | None = None,
         persist_first: Callable[[], None] | None = None,
         max_hold: float = 1.0,
+        repair: Callable[[], Awaitable[object]] | None = None,
+        repair_every: float = 5.0,
     ) -> None:
         self.js = js
         self.batch = batch
@@ -83,6 +85,9 @@ class AlertPublisher:
         self.released = 0  # items up to this serial may be published
         self._held_since: float | None = None  # monotonic time the oldest held item waits from
         self._verify: set[str] = set()  # msg ids of a previous run's queue, checked first
+        self.repair = repair  # e.g. recreate a deleted alert stream; called after a failed batch
+        self.repair_every = repair_every
+        self._repaired_at = -repair_every
 
     def release(self, upto: int) -> None:
         """A state save holding every item up to serial ``upto`` was attempted: send them."""
@@ -217,9 +222,23 @@ class AlertPublisher:
         self.queue.extendleft(reversed(failed))
         if failed:
             self.failures += 1
+            await self._repair()
         else:
             self.failures = 0
         return True
+
+    async def _repair(self) -> None:
+        """After a failed batch, at most every ``repair_every`` s: make sure the stream exists
+        (a stream deleted at runtime makes every publish fail while core subscribers still
+        receive each retry)."""
+        now = time.monotonic()
+        if self.repair is None or now - self._repaired_at < self.repair_every:
+            return
+        self._repaired_at = now
+        try:
+            await self.repair()
+        except Exception as e:  # the broker may be down; the next failed batch tries again
+            log.debug("alert stream repair failed: %s: %s", type(e).__name__, e)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop``, then try briefly to drain what is left."""

@@ -8,6 +8,7 @@ two checks, a dict update) because it runs for every heartbeat of the fleet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from prometheus_client import CollectorRegistry
 
@@ -27,7 +29,7 @@ from services.deadman.sight import Sight
 from services.deadman.store import StateStore
 from services.deadman.tracker import REPLAYED, Judgement, Tracker, Transition
 from services.deadman.views import STATUS_LIMIT, nodes_view, parse_request
-from shared.bootstrap import ensure_fleet, ensure_kv
+from shared.bootstrap import ensure_alert_stream, ensure_fleet, ensure_kv
 from shared.bus import backoff_delay, connect, guarded
 from shared.clock import Clock, SystemClock
 from shared.codec import decode
@@ -134,11 +136,7 @@ class Deadman:
                 fleet = await ensure_fleet(js, self.subjects)
                 kv, _ = await ensure_kv(
                     js,
-                    KeyValueConfig(
-                        bucket=self.subjects.state_bucket(SERVICE),
-                        history=1,
-                        storage=StorageType.FILE,
-                    ),
+                    self._state_config(),
                 )
                 break
             except Exception as e:
@@ -170,6 +168,7 @@ class Deadman:
             on_error=self._publish_error,
             stream=self.subjects.alerts_stream,
             persist_first=self._save_soon.set,  # save the episode before its page goes out
+            repair=lambda: ensure_alert_stream(js, self.subjects),
         )
         publisher = self.publisher
         store = StateStore(kv, instance=s.instance, outbox=lambda: list(publisher.queue))
@@ -254,7 +253,7 @@ class Deadman:
                         stop=stop,
                     )
                 )
-                tg.create_task(self._saver(store, stop))
+                tg.create_task(self._saver(store, stop, js))
                 await nc.flush()
                 self.ready.set()
         finally:
@@ -342,6 +341,12 @@ class Deadman:
     def _publish_error(self, reason: str) -> None:
         self.metrics.publish_errors.labels(reason).inc()
 
+    def _state_config(self) -> KeyValueConfig:
+        """The deadman's own state bucket."""
+        return KeyValueConfig(
+            bucket=self.subjects.state_bucket(SERVICE), history=1, storage=StorageType.FILE
+        )
+
     # ---- loops --------------------------------------------------------------------------
     async def _timer(self, stop: asyncio.Event) -> None:
         """Fire what is due, then sleep until the next deadline (capped so blindness is seen)."""
@@ -405,7 +410,7 @@ class Deadman:
     async def _on_canary(self, msg: Msg) -> None:
         self.sight.on_canary(msg.data, self.clock.monotonic())
 
-    async def _saver(self, store: StateStore, stop: asyncio.Event) -> None:
+    async def _saver(self, store: StateStore, stop: asyncio.Event, js: JetStreamContext) -> None:
         """Full saves every ``persist_every``; right after an alert is queued, a small save of the
         open episodes and the queue, and only then is the alert released for publishing (so a
         kill -9 right after a page neither loses it nor pages again)."""
@@ -437,6 +442,9 @@ class Deadman:
                     await store.save(tracker, to_wall=self.to_wall, wall_now=self.clock.wall())
             except Exception as e:
                 log.warning("state save failed (%s: %s); will retry", type(e).__name__, e)
+                self.metrics.handler_errors.labels("state_save").inc()
+                with contextlib.suppress(Exception):  # a deleted state bucket comes back
+                    await ensure_kv(js, self._state_config())
             finally:
                 publisher.release(mark)  # attempted: paging never waits on a failing store
 

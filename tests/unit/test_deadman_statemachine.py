@@ -74,7 +74,12 @@ class TrackerMachine(RuleBasedStateMachine):
 
     @rule(key=st.sampled_from(KEYS))
     def register(self, key: str) -> None:
+        # an inventory write without maintenance_until ends any window, as in the service
         self.t.register(key, self.now, token="x")
+        m = self.maint.get(key)
+        if m is not None and m > self.now:
+            self.maint[key] = self.now
+            self.maint_end[key] = self.now
 
     @rule(key=st.sampled_from(KEYS))
     def remove(self, key: str) -> None:
