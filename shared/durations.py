@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from shared.errors import InvalidDuration
 
@@ -54,6 +54,26 @@ def _validate(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(_validate)]
 """A settings field type that accepts every duration form and holds seconds."""
+
+MIN_INTERVAL = 0.05
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _interval(value: float) -> float:
+    if value < MIN_INTERVAL:
+        raise ValueError(f"must be at least {MIN_INTERVAL * 1000:.0f}ms")
+    return value
+
+
+PositiveDuration = Annotated[float, BeforeValidator(_validate), AfterValidator(_positive)]
+"""A duration that must be greater than zero (timeouts, ages, periods)."""
+Interval = Annotated[float, BeforeValidator(_validate), AfterValidator(_interval)]
+"""A loop interval: at least 50 ms, so a typo cannot make a service spin."""
 
 
 def format_duration(seconds: float) -> str:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.durations import Duration
+from shared.durations import Duration, PositiveDuration
 from shared.settings import ServiceSettings, instance_name, service_config
 
 
@@ -16,7 +16,7 @@ class DeadmanSettings(ServiceSettings):
     model_config = service_config("deadman")
     service: ClassVar[str] = "deadman"
 
-    window: Duration = Field(90.0, description="silence after which a node is late")
+    window: PositiveDuration = Field(90.0, description="silence after which a node is late")
     pending: Duration = Field(120.0, description="further silence before a late node pages")
     startup_grace: Duration | None = Field(
         None, description="no page before this long after start (default window+pending)"
@@ -28,17 +28,17 @@ class DeadmanSettings(ServiceSettings):
     instance: str = Field(
         "", description="this replica's name, letters, digits, _ and - (empty = HOSTNAME-PID)"
     )
-    persist_every: Duration = Field(2.0, description="interval between state saves to KV")
+    persist_every: PositiveDuration = Field(2.0, description="interval between state saves to KV")
     renotify: Duration = Field(
         1800.0, description="re-publish a still-firing alert this often (0 = never)"
     )
-    canary_every: Duration = Field(1.0, description="interval of the canary round trip")
-    blind_after: Duration = Field(
+    canary_every: PositiveDuration = Field(1.0, description="interval of the canary round trip")
+    blind_after: PositiveDuration = Field(
         3.0,
         description="no canary back through the broker for this long = blind (no node "
         "is judged until it can see again)",
     )
-    inventory_resync: Duration = Field(60.0, description="full inventory re-read interval")
+    inventory_resync: PositiveDuration = Field(60.0, description="full inventory re-read interval")
     max_unregistered: int = Field(
         250_000,
         ge=0,
@@ -69,13 +69,6 @@ class DeadmanSettings(ServiceSettings):
     @classmethod
     def _instance(cls, value: str) -> str:
         return instance_name(value, "deadman")
-
-    @field_validator("window", "persist_every", "canary_every", "blind_after", "inventory_resync")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than zero")
-        return value
 
     @model_validator(mode="after")
     def _grace(self) -> DeadmanSettings:

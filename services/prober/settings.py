@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from shared.durations import Duration
+from shared.durations import Duration, Interval, PositiveDuration
 from shared.identity import NodeId
 from shared.settings import ServiceSettings, instance_name, service_config
 
@@ -44,8 +44,8 @@ class ProberSettings(ServiceSettings):
     model_config = service_config("prober")
     service: ClassVar[str] = "prober"
 
-    interval: Duration = Field(30.0, description="time between two probes of one target")
-    max_age: Duration = Field(30.0, description="oldest body timestamp still called fresh")
+    interval: Interval = Field(30.0, description="time between two probes of one target")
+    max_age: PositiveDuration = Field(30.0, description="oldest body timestamp still called fresh")
     timeout: Duration = Field(
         5.0, description="whole-request deadline, DNS to last body byte; shorter than --interval"
     )
@@ -63,24 +63,12 @@ class ProberSettings(ServiceSettings):
     max_body: int = Field(
         64 * 1024, ge=256, le=16 * 1024 * 1024, description="bytes of body read at most"
     )
-    resync: Duration = Field(60.0, description="full re-read of the inventory every so often")
+    resync: PositiveDuration = Field(
+        60.0, description="full re-read of the inventory every so often"
+    )
     metrics_port: int = Field(9103, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address of the metrics/health endpoint")
     instance: str = Field("", description="this prober's name (empty: hostname-pid)")
-
-    @field_validator("interval")
-    @classmethod
-    def _interval(cls, value: float) -> float:
-        if value < 0.05:
-            raise ValueError("must be at least 50ms")
-        return value
-
-    @field_validator("max_age", "resync")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be greater than 0")
-        return value
 
     @field_validator("timeout")
     @classmethod
