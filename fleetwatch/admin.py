@@ -24,7 +24,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from fleetwatch.options import Parser, add_connection, duration, node_id
+from fleetwatch.options import Parser, add_connection, duration, node_id, whole_number
 from shared.bootstrap import FleetStore, ensure_fleet
 from shared.bus import connect_once
 from shared.codec import decode_document, encode_document
@@ -117,18 +117,6 @@ def _url(text: str) -> str:
     return text
 
 
-def _revision(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a revision number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a revision is 0 or more")
-    return value
-
-
 # ---- node ---------------------------------------------------------------------------------
 
 
@@ -139,10 +127,10 @@ def node_parser() -> Parser:
     add.add_argument("node", type=node_id, metavar="SITE/NODE")
     add.add_argument("--health-url", type=_url, help="URL the prober calls")
     add.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
-    add.add_argument("--if-revision", type=_revision)
+    add.add_argument("--if-revision", type=whole_number("revision number", lo=0))
     rm = sub.add_parser("remove", help="stop expecting a node (closes its alerts as removed)")
     rm.add_argument("node", type=node_id, metavar="SITE/NODE")
-    rm.add_argument("--if-revision", type=_revision)
+    rm.add_argument("--if-revision", type=whole_number("revision number", lo=0))
     ls = sub.add_parser("list", help="list expected nodes")
     ls.add_argument("--json", action="store_true")
     mt = sub.add_parser("maintain", help="start or end a maintenance window (no pages during it)")
@@ -274,14 +262,14 @@ def desired_parser() -> Parser:
     s = sub.add_parser("set", help="set a node's desired state (a JSON object)")
     s.add_argument("node", type=node_id, metavar="SITE/NODE")
     s.add_argument("document", type=_document, metavar="JSON")
-    s.add_argument("--if-revision", type=_revision)
+    s.add_argument("--if-revision", type=whole_number("revision number", lo=0))
     g = sub.add_parser("get", help="print a node's desired state")
     g.add_argument("node", type=node_id, metavar="SITE/NODE")
     d = sub.add_parser(
         "delete", help="delete a node's desired state (the agent then changes nothing)"
     )
     d.add_argument("node", type=node_id, metavar="SITE/NODE")
-    d.add_argument("--if-revision", type=_revision)
+    d.add_argument("--if-revision", type=whole_number("revision number", lo=0))
     for sp in (s, g, d):
         add_connection(sp)
     return p

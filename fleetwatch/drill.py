@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from rich.console import Console
 from rich.table import Table
 
-from fleetwatch.options import Parser, add_connection, duration
+from fleetwatch.options import Parser, add_connection, duration, whole_number
 from fleetwatch.view import request_status
 from shared.bus import connect_once
 from shared.codec import decode
@@ -66,7 +66,12 @@ class Victim:
 def parser() -> Parser:
     p = Parser(prog="fleetwatch drill", description=__doc__.split("\n\n")[0] if __doc__ else "")
     add_connection(p)
-    p.add_argument("--kill", type=_count, default=3, help="how many agents to kill (default 3)")
+    p.add_argument(
+        "--kill",
+        type=whole_number("count", lo=1),
+        default=3,
+        help="how many agents to kill (default 3)",
+    )
     p.add_argument(
         "--kill-mode",
         choices=["auto", "local", "docker", "cmd"],
@@ -101,18 +106,6 @@ def parser() -> Parser:
         help="kill exactly these nodes instead of random ones (repeatable)",
     )
     return p
-
-
-def _count(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("--kill must be at least 1")
-    return n
 
 
 class DrillError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import NoReturn
 
 from shared.durations import parse_duration
@@ -66,3 +67,27 @@ def add_connection(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("FLEETWATCH_PREFIX", DEFAULT_PREFIX),
         help="subject prefix [env FLEETWATCH_PREFIX; default %(default)s]",
     )
+
+
+def whole_number(
+    what: str, *, lo: int | None = None, hi: int | None = None, also: tuple[int, ...] = ()
+) -> Callable[[str], int]:
+    """argparse type for an integer in [lo, hi] (either end open), or one of ``also``."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if n in also or ((lo is None or n >= lo) and (hi is None or n <= hi)):
+            return n
+        if hi is None:
+            bounds = f"at least {lo}"
+        elif lo is None:
+            bounds = f"at most {hi}"
+        else:
+            bounds = f"{lo}-{hi}"
+        extra = "".join(f", or {a}" for a in also)
+        raise argparse.ArgumentTypeError(f"{what} {n} is out of range ({bounds}{extra})")
+
+    return parse

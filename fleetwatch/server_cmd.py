@@ -9,22 +9,10 @@ from pathlib import Path
 
 import platformdirs
 
-from fleetwatch.options import Parser
+from fleetwatch.options import Parser, whole_number
 from fleetwatch.procs import die_with_parent
 from shared.errors import ServerBinaryMissing
 from shared.server import EmbeddedServer
-
-
-def _port(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not (value == -1 or 0 < value < 65536):
-        raise argparse.ArgumentTypeError(f"port {value} is out of range (1-65535, or -1 for any)")
-    return value
 
 
 def default_store() -> Path:
@@ -34,12 +22,22 @@ def default_store() -> Path:
 
 def parser() -> Parser:
     p = Parser(prog="fleetwatch server", description=__doc__)
-    p.add_argument("--port", type=_port, default=4222, help="client port (default 4222; -1: any)")
+    p.add_argument(
+        "--port",
+        type=whole_number("port number", lo=1, hi=65535, also=(-1,)),
+        default=4222,
+        help="client port (default 4222; -1: any)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
         "--store-dir", type=Path, default=None, help=f"JetStream store (default {default_store()})"
     )
-    p.add_argument("--monitor-port", type=_port, default=None, help="HTTP monitor port")
+    p.add_argument(
+        "--monitor-port",
+        type=whole_number("port number", lo=1, hi=65535, also=(-1,)),
+        default=None,
+        help="HTTP monitor port",
+    )
     p.add_argument(
         "--config",
         type=Path,

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from typing import Any
 
-from fleetwatch.options import Parser, add_connection, duration
+from fleetwatch.options import Parser, add_connection, duration, whole_number
 from fleetwatch.view import request_status
 from services.reconciler.actuators import MemoryActuator
 from services.reconciler.loop import ReconcileLoop
@@ -36,8 +36,18 @@ from shared.subjects import Subjects
 def parser() -> Parser:
     p = Parser(prog="fleetwatch sim", description=__doc__.split("\n\n")[0] if __doc__ else "")
     add_connection(p)
-    p.add_argument("--nodes", type=_positive, default=1000, help="simulated nodes (default 1000)")
-    p.add_argument("--sites", type=_positive, default=10, help="sites to spread them over")
+    p.add_argument(
+        "--nodes",
+        type=whole_number("whole number", lo=1),
+        default=1000,
+        help="simulated nodes (default 1000)",
+    )
+    p.add_argument(
+        "--sites",
+        type=whole_number("whole number", lo=1),
+        default=10,
+        help="sites to spread them over",
+    )
     p.add_argument("--site-prefix", default="sim", help="site names are PREFIX-0, PREFIX-1, ...")
     p.add_argument(
         "--interval",
@@ -66,18 +76,6 @@ def parser() -> Parser:
     )
     p.add_argument("--report-every", type=duration, default=5.0, help="progress line period")
     return p
-
-
-def _positive(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 async def _gather_chunked(coros: list[Any], size: int = 500) -> None:

@@ -27,7 +27,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.live import Live
 
-from fleetwatch.options import Parser
+from fleetwatch.options import Parser, whole_number
 from fleetwatch.procs import (
     Child,
     die_with_parent,
@@ -91,13 +91,23 @@ def default_run_dir() -> Path:
 
 def parser() -> Parser:
     p = Parser(prog="fleetwatch up", description=__doc__.split("\n\n")[0] if __doc__ else "")
-    p.add_argument("--agents", type=_agents, default=5, help="number of local agents (default 5)")
+    p.add_argument(
+        "--agents",
+        type=whole_number("number of agents", lo=1, hi=200),
+        default=5,
+        help="number of local agents (default 5)",
+    )
     p.add_argument(
         "--fast",
         action="store_true",
         help="demo timings: agent 1s, window 3s, pending 2s, probe 1s",
     )
-    p.add_argument("--nats-port", type=_port, default=4222, help="broker port (default 4222)")
+    p.add_argument(
+        "--nats-port",
+        type=whole_number("port", lo=1, hi=65535),
+        default=4222,
+        help="broker port (default 4222)",
+    )
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -107,30 +117,6 @@ def parser() -> Parser:
     p.add_argument("--no-view", action="store_true", help="log lines instead of the live table")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="subject prefix (default fleet)")
     return p
-
-
-def _agents(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of agents") from None
-    if not 1 <= n <= 200:
-        raise argparse.ArgumentTypeError("--agents must be between 1 and 200")
-    return n
-
-
-def _port(text: str) -> int:
-    import argparse
-
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port") from None
-    if not 0 < n < 65536:
-        raise argparse.ArgumentTypeError(f"port {n} is out of range")
-    return n
 
 
 class AlreadyRunning(Exception):
